@@ -1,0 +1,170 @@
+"""PackedCollator and PackedBatch: layout properties, one storage, bad input, buffer reuse."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from warppack import PackedBatch, PackedCollator, unpack
+
+sequences = st.lists(
+    st.lists(st.integers(0, 50_000), min_size=1, max_size=40), min_size=0, max_size=12
+)
+
+
+def _storage_ptrs(batch):
+    return {v.untyped_storage().data_ptr() for v in batch.values() if torch.is_tensor(v)}
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    seqs=sequences,
+    pad_multiple=st.sampled_from([None, 1, 8, 64]),
+    with_labels=st.booleans(),
+    kind=st.sampled_from(["list", "numpy32", "tensor"]),
+)
+def test_layout_properties(seqs, pad_multiple, with_labels, kind):
+    convert = {
+        "list": list,
+        "numpy32": lambda s: np.asarray(s, dtype=np.int32),
+        "tensor": lambda s: torch.tensor(s),
+    }[kind]
+    examples = []
+    for s in seqs:
+        example = {"input_ids": convert(s)}
+        if with_labels:
+            example["labels"] = convert([t % 7 for t in s])
+        examples.append(example)
+    batch = PackedCollator(pad_to_multiple_of=pad_multiple)(examples)
+
+    ids, labels, pos = batch["input_ids"], batch["labels"], batch["position_ids"]
+    cu = batch["cu_seq_lens_q"]
+    total = ids.shape[1]
+    assert ids.dtype == labels.dtype == pos.dtype == torch.int64
+    assert cu.dtype == batch["seq_idx"].dtype == torch.int32
+    assert ids.shape == labels.shape == pos.shape == batch["seq_idx"].shape == (1, total)
+    assert batch["cu_seq_lens_k"] is cu
+    # cu_seqlens: starts at 0, strictly increasing, ends at T.
+    bounds = cu.tolist()
+    assert bounds[0] == 0 and bounds[-1] == total
+    assert all(b > a for a, b in zip(bounds, bounds[1:]))
+    real = sum(len(s) for s in seqs)
+    assert batch.num_tokens == real and batch.num_sequences == len(seqs)
+    assert batch.num_padding == total - real
+    if pad_multiple:
+        assert total % pad_multiple == 0
+    # unpack returns the original examples, positions restart, first label ignored.
+    pieces = unpack(ids, batch)
+    assert [p.tolist() for p in pieces] == seqs
+    for i, (p, lab) in enumerate(zip(unpack(pos, batch), unpack(labels, batch))):
+        assert p.tolist() == list(range(len(seqs[i])))
+        expected = [t % 7 for t in seqs[i]] if with_labels else seqs[i]
+        assert lab.tolist() == [-100] + expected[1:]
+    assert batch["max_length_q"] == max([len(s) for s in seqs] + [total - real])
+    # Padding: its own segment, labels ignored, seq_idx -1.
+    if total > real:
+        assert bounds[-2] == real
+        assert (labels[0, real:] == -100).all() and (batch["seq_idx"][0, real:] == -1).all()
+    seq_idx = batch["seq_idx"][0, :real].tolist()
+    assert seq_idx == [i for i, s in enumerate(seqs) for _ in s]
+    # One storage behind every tensor.
+    assert len(_storage_ptrs(batch)) == 1
+
+
+def test_static_shape_gives_one_shape():
+    collate = PackedCollator(64, static_shape=True, max_sequences=8)
+    shapes = set()
+    for n in (1, 3, 8):
+        batch = collate([{"input_ids": list(range(1, 5))}] * n)
+        shapes.add((batch["input_ids"].shape, batch["cu_seq_lens_q"].shape, batch["max_length_q"]))
+        assert batch.num_sequences == n and batch.num_tokens == 4 * n
+        cu = batch["cu_seq_lens_q"].tolist()
+        assert cu[n] == 4 * n and cu[n + 1:] == [64] * (len(cu) - n - 1)
+    assert shapes == {(torch.Size([1, 64]), torch.Size([10]), 64)}
+
+
+def test_empty_batch_is_a_zero_loss_padding_step():
+    batch = PackedCollator(pad_to_multiple_of=8)([])
+    assert batch.num_sequences == 0 and batch.num_tokens == 0 and batch.num_padding == 8
+    assert (batch["labels"] == -100).all()
+    assert batch["cu_seq_lens_q"].tolist() == [0, 8]
+
+
+def test_to_and_pin_memory_keep_one_buffer():
+    batch = PackedCollator()([{"input_ids": [1, 2, 3]}, {"input_ids": [4, 5]}])
+    moved = batch.to("cpu")
+    assert moved is batch  # already there: no copy
+    clone = pickle.loads(pickle.dumps(batch))
+    assert clone["input_ids"].tolist() == batch["input_ids"].tolist()
+    rebuilt = PackedBatch(dict(batch))  # what HF Trainer's _prepare_input does
+    assert rebuilt.num_sequences == 2 and rebuilt.num_padding == 0
+    assert torch.equal(rebuilt["input_ids"], batch["input_ids"])
+    with pytest.raises(TypeError, match="integer dtypes"):
+        batch.to(torch.float16)
+
+
+def test_buffer_is_reused_only_when_nobody_holds_the_batch():
+    collate = PackedCollator()
+    examples = [{"input_ids": list(range(1, 100))}]
+    first = collate(examples)
+    ptr = first.storage_ptr()
+    second = collate(examples)
+    assert second.storage_ptr() != ptr  # first is still alive: never overwritten
+    snapshot = first["input_ids"].clone()
+    del second
+    for _ in range(20):
+        collate(examples)  # steady state: the pool recycles
+    assert torch.equal(first["input_ids"], snapshot)
+    pool = next(iter(collate._pools.values()))
+    assert pool.allocations <= 3
+
+
+@pytest.mark.parametrize(
+    "examples, error, match",
+    [
+        ([{"input_ids": []}], ValueError, r"example 0: 'input_ids' is empty"),
+        ([{"input_ids": [1.5, 2.0]}], TypeError, r"example 0: 'input_ids' has dtype float64"),
+        ([{"input_ids": torch.ones(3)}], TypeError, r"dtype torch.float32"),
+        ([{"input_ids": [1]}, {"input_ids": [[1, 2]]}], ValueError, r"example 1: 'input_ids' has shape \(1, 2\)"),
+        ([{"input_ids": [1, 2], "labels": [1]}], ValueError, r"example 0: 'labels' has 1 tokens but 'input_ids' has 2"),
+        ([{"input_ids": [3, -4]}], ValueError, r"-4"),
+        ([{"input_ids": np.array([2**63], dtype=np.uint64)}], ValueError, r"overflows the int64"),
+        ([{"text": "hi"}], TypeError, r"example 0: expected a mapping with 'input_ids'"),
+        ([{"input_ids": [1, 2], "attention_mask": [1, 0]}], ValueError, r"padding=False"),
+    ],
+)
+def test_bad_examples_name_the_example_field_and_fix(examples, error, match):
+    with pytest.raises(error, match=match):
+        PackedCollator()(examples)
+
+
+def test_budget_errors():
+    with pytest.raises(ValueError, match=r"example 1: 'input_ids' has 9 tokens, more than max_tokens=8"):
+        PackedCollator(8)([{"input_ids": [1]}, {"input_ids": list(range(9))}])
+    with pytest.raises(ValueError, match=r"hold 10 tokens, more than max_tokens=8.*PackedBatchSampler"):
+        PackedCollator(8)([{"input_ids": list(range(5))}, {"input_ids": list(range(5))}])
+    batch = PackedCollator(8, overlong="truncate")([{"input_ids": list(range(1, 12))}])
+    assert batch["input_ids"].tolist() == [list(range(1, 9))]
+    for bad in (0, -3, 2.5, "8", True):
+        with pytest.raises((TypeError, ValueError), match="max_tokens"):
+            PackedCollator(bad)
+    with pytest.raises(ValueError, match="static_shape=True"):
+        PackedCollator(static_shape=True)
+
+
+def test_skip_empty():
+    batch = PackedCollator(skip_empty=True)([{"input_ids": []}, {"input_ids": [7, 8]}])
+    assert batch.num_sequences == 1 and batch["input_ids"].tolist() == [[7, 8]]
+
+
+def test_unpack_validates_bounds():
+    x = torch.arange(5)
+    assert [t.tolist() for t in unpack(x, torch.tensor([0, 2, 5]))] == [[0, 1], [2, 3, 4]]
+    assert [t.tolist() for t in unpack(x.view(1, 5, 1).squeeze(-1), [0, 2, 5], num_sequences=1)] == [[0, 1]]
+    with pytest.raises(ValueError, match="never decrease"):
+        unpack(x, torch.tensor([0, 3, 2]))
+    with pytest.raises(ValueError, match="packed length 5"):
+        unpack(x, torch.tensor([0, 9]))

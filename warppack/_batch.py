@@ -1,0 +1,254 @@
+"""PackedBatch: the packed tensors as views of one contiguous buffer, and ``unpack``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any, List, Optional, Union
+
+import torch
+
+__all__ = ["PackedBatch", "BufferLayout", "unpack", "TENSOR_KEYS"]
+
+#: Keys holding tensors, in buffer order; the int keys follow.
+TENSOR_KEYS = ("input_ids", "labels", "position_ids", "seq_idx", "cu_seq_lens_q", "cu_seq_lens_k")
+_INT_KEYS = ("max_length_q", "max_length_k")
+
+
+class BufferLayout:
+    """Byte offsets of the five arrays inside one packed buffer (int64 arrays first for alignment)."""
+
+    __slots__ = ("total_tokens", "num_cu", "nbytes", "offsets")
+
+    def __init__(self, total_tokens: int, num_cu: int) -> None:
+        t = total_tokens
+        self.total_tokens = t
+        self.num_cu = num_cu
+        # input_ids, labels, position_ids (int64), seq_idx (int32), cu_seqlens (int32)
+        self.offsets = (0, 8 * t, 16 * t, 24 * t, 28 * t)
+        self.nbytes = 28 * t + 4 * num_cu
+
+    def views(self, buffer: torch.Tensor) -> tuple:
+        """Typed views of ``buffer`` (a uint8 tensor) in the order of ``offsets``."""
+        t, o = self.total_tokens, self.offsets
+        return (
+            buffer[o[0] : o[1]].view(torch.int64),
+            buffer[o[1] : o[2]].view(torch.int64),
+            buffer[o[2] : o[3]].view(torch.int64),
+            buffer[o[3] : o[4]].view(torch.int32),
+            buffer[o[4] : self.nbytes].view(torch.int32),
+        )
+
+
+class PackedBatch(Mapping):
+    """A packed batch: a read-only mapping of the model inputs, like transformers' ``BatchEncoding``.
+
+    Built by :class:`~warppack.PackedCollator`, every tensor is a view of one contiguous host buffer,
+    so :meth:`to` and :meth:`pin_memory` each move it in one copy. Keys: ``input_ids``, ``labels``,
+    ``position_ids``, ``seq_idx`` (``[1, T]``), ``cu_seq_lens_q``/``cu_seq_lens_k`` (int32),
+    ``max_length_q``/``max_length_k`` (ints). Padding tokens, if any, form a final segment whose
+    ``seq_idx`` is -1 and whose labels are all ignored.
+
+    A plain mapping of those keys is accepted too (``PackedBatch(dict(batch))``), which is what
+    libraries that rebuild mappings key by key (HF Trainer's input preparation) do.
+    """
+
+    def __init__(
+        self,
+        data: Mapping[str, Any],
+        *,
+        num_sequences: Optional[int] = None,
+        num_padding: Optional[int] = None,
+        _buffer: Optional[torch.Tensor] = None,
+        _layout: Optional[BufferLayout] = None,
+        _on_copy: Any = None,
+    ) -> None:
+        missing = [key for key in (*TENSOR_KEYS, *_INT_KEYS) if key not in data]
+        if missing:
+            raise KeyError(
+                f"a PackedBatch needs the keys {list(TENSOR_KEYS + _INT_KEYS)}; missing {missing}. "
+                f"Build batches with warppack.PackedCollator"
+            )
+        self._data = dict(data)
+        self._num_sequences = num_sequences
+        self._num_padding = num_padding
+        self._buffer = _buffer
+        self._layout = _layout
+        self._on_copy = _on_copy
+
+    @classmethod
+    def _from_buffer(
+        cls,
+        buffer: torch.Tensor,
+        layout: BufferLayout,
+        *,
+        max_length: int,
+        num_sequences: int,
+        num_padding: int,
+        on_copy: Any = None,
+    ) -> "PackedBatch":
+        ids, labels, positions, seq_idx, cu = layout.views(buffer)
+        t = layout.total_tokens
+        data = {
+            "input_ids": ids.view(1, t),
+            "labels": labels.view(1, t),
+            "position_ids": positions.view(1, t),
+            "seq_idx": seq_idx.view(1, t),
+            "cu_seq_lens_q": cu,
+            "cu_seq_lens_k": cu,
+            "max_length_q": max_length,
+            "max_length_k": max_length,
+        }
+        return cls(
+            data,
+            num_sequences=num_sequences,
+            num_padding=num_padding,
+            _buffer=buffer,
+            _layout=layout,
+            _on_copy=on_copy,
+        )
+
+    # -- Mapping -----------------------------------------------------------------------------
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __getattr__(self, name: str) -> Any:
+        # Attribute access to keys (batch.input_ids), as BatchEncoding allows.
+        data = self.__dict__.get("_data")
+        if data is not None and name in data:
+            return data[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    def __getstate__(self) -> dict:
+        return self.__dict__.copy()
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+    # -- statistics --------------------------------------------------------------------------
+    @property
+    def num_tokens(self) -> int:
+        """Real (non-padding) tokens in the batch."""
+        return int(self._data["input_ids"].shape[-1]) - self.num_padding
+
+    @property
+    def num_padding(self) -> int:
+        """Padding tokens added for ``pad_to_multiple_of`` or ``static_shape``."""
+        if self._num_padding is None:
+            self._num_padding = int((self._data["seq_idx"] < 0).sum())
+        return self._num_padding
+
+    @property
+    def num_sequences(self) -> int:
+        """Real sequences in the batch (the padding segment and empty tail segments excluded)."""
+        if self._num_sequences is None:
+            cu = self._data["cu_seq_lens_q"]
+            nonempty = int((cu[1:] > cu[:-1]).sum())
+            self._num_sequences = nonempty - (1 if self.num_padding else 0)
+        return self._num_sequences
+
+    @property
+    def device(self) -> torch.device:
+        return self._data["input_ids"].device
+
+    # -- movement ----------------------------------------------------------------------------
+    def _with_buffer(self, buffer: torch.Tensor) -> "PackedBatch":
+        return PackedBatch._from_buffer(
+            buffer,
+            self._layout,
+            max_length=self._data["max_length_q"],
+            num_sequences=self.num_sequences,
+            num_padding=self.num_padding,
+        )
+
+    def to(self, device: Union[str, torch.device, int], *, non_blocking: bool = False, **kwargs: Any) -> "PackedBatch":
+        """Move the batch to ``device`` in one copy of its buffer (views are re-sliced there)."""
+        if isinstance(device, torch.dtype):
+            raise TypeError(
+                f"PackedBatch.to({device}) would cast token ids; a packed batch keeps its integer "
+                f"dtypes. Pass a device, e.g. batch.to('cuda')"
+            )
+        device = torch.device(device) if not isinstance(device, torch.device) else device
+        if self._buffer is None:
+            moved = {
+                k: v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v
+                for k, v in self._data.items()
+            }
+            return PackedBatch(moved, num_sequences=self._num_sequences, num_padding=self._num_padding)
+        if self._buffer.device == device:
+            return self
+        buffer = self._buffer[: self._layout.nbytes].to(device, non_blocking=non_blocking)
+        if self._on_copy is not None:
+            # Lets the pinned pool know when an async copy out of its buffer has finished.
+            self._on_copy(self._buffer, device)
+        return self._with_buffer(buffer)
+
+    def cuda(self, device: Any = None, *, non_blocking: bool = False) -> "PackedBatch":
+        return self.to(torch.device("cuda", device) if isinstance(device, int) else (device or "cuda"), non_blocking=non_blocking)
+
+    def cpu(self) -> "PackedBatch":
+        return self.to("cpu")
+
+    def pin_memory(self, device: Any = None) -> "PackedBatch":
+        """Return the batch with its buffer in pinned memory (one copy); used by ``DataLoader(pin_memory=True)``."""
+        if self._buffer is None:
+            pinned = {k: v.pin_memory() if torch.is_tensor(v) else v for k, v in self._data.items()}
+            return PackedBatch(pinned, num_sequences=self._num_sequences, num_padding=self._num_padding)
+        if self._buffer.is_pinned():
+            return self
+        return self._with_buffer(self._buffer[: self._layout.nbytes].pin_memory())
+
+    def storage_ptr(self) -> Optional[int]:
+        """Data pointer of the one buffer behind every tensor (None for a batch rebuilt from a dict)."""
+        return None if self._buffer is None else self._buffer.data_ptr()
+
+    def __repr__(self) -> str:
+        t = int(self._data["input_ids"].shape[-1])
+        return (
+            f"PackedBatch(num_sequences={self.num_sequences}, num_tokens={self.num_tokens}, "
+            f"num_padding={self.num_padding}, total={t}, max_length={self._data['max_length_q']}, "
+            f"device={self.device})"
+        )
+
+
+def unpack(
+    x: torch.Tensor,
+    cu_seqlens: Union[torch.Tensor, PackedBatch, Any],
+    *,
+    num_sequences: Optional[int] = None,
+) -> List[torch.Tensor]:
+    """Split a packed tensor back into per-sequence views.
+
+    ``x`` is ``[1, T, ...]`` or ``[T, ...]`` (logits, hidden states, per-token losses, ids).
+    Pass the batch itself as ``cu_seqlens`` to get exactly its real sequences (padding dropped);
+    with a raw ``cu_seqlens`` tensor every segment is returned unless ``num_sequences`` is given.
+
+    >>> import torch
+    >>> unpack(torch.arange(5), torch.tensor([0, 2, 5]))
+    [tensor([0, 1]), tensor([2, 3, 4])]
+    """
+    if isinstance(cu_seqlens, PackedBatch):
+        if num_sequences is None:
+            num_sequences = cu_seqlens.num_sequences
+        cu_seqlens = cu_seqlens["cu_seq_lens_q"]
+    if torch.is_tensor(cu_seqlens):
+        bounds = cu_seqlens.detach().to("cpu", torch.int64).tolist()
+    else:
+        bounds = [int(b) for b in cu_seqlens]
+    if x.dim() >= 2 and x.shape[0] == 1 and x.shape[1] == (bounds[-1] if bounds else 0):
+        x = x[0]
+    total = x.shape[0]
+    if not bounds or bounds[0] != 0 or bounds[-1] > total or any(b > a for a, b in zip(bounds[1:], bounds)):
+        raise ValueError(
+            f"cu_seqlens must start at 0, never decrease and end at most at the packed length {total}; "
+            f"got {bounds[:8]}{'...' if len(bounds) > 8 else ''}"
+        )
+    count = len(bounds) - 1 if num_sequences is None else num_sequences
+    if not 0 <= count <= len(bounds) - 1:
+        raise ValueError(f"num_sequences={count} but cu_seqlens describes {len(bounds) - 1} segments")
+    return [x[bounds[i] : bounds[i + 1]] for i in range(count)]
