@@ -31,3 +31,15 @@ def test_arrow_offsets_without_a_row_loop():
     assert lengths_of(chunked).tolist() == [2, 1, 3]
     with pytest.raises(KeyError, match="column 'labels' not in the table"):
         lengths_of(table, column="labels")
+
+
+def test_hf_dataset_through_arrow_offsets_honours_select_and_shuffle():
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.Dataset.from_dict({"input_ids": [[1] * n for n in (5, 1, 7, 3)]})
+    assert lengths_of(ds).tolist() == [5, 1, 7, 3]
+    view = ds.select([3, 0, 2])
+    assert lengths_of(view).tolist() == [3, 5, 7]
+    shuffled = ds.shuffle(seed=1)
+    assert lengths_of(shuffled).tolist() == [len(r["input_ids"]) for r in shuffled]
+    with pytest.raises(KeyError, match="column 'labels' not in the dataset"):
+        lengths_of(ds, column="labels")

@@ -10,6 +10,8 @@ another.
 3
 """
 
+from warppack._attention import _register_on_import
+from warppack._attention import attention_backend, register_attention, set_attention_backend, varlen_attention
 from warppack._batch import PackedBatch, unpack
 from warppack._collator import PackedCollator
 from warppack._lengths import lengths_of
@@ -17,6 +19,10 @@ from warppack._planning import Plan, plan
 from warppack._version import __version__
 
 __all__ = [
+    "attention_backend",
+    "register_attention",
+    "set_attention_backend",
+    "varlen_attention",
     "Plan",
     "PackedBatch",
     "PackedCollator",
@@ -25,3 +31,5 @@ __all__ = [
     "plan",
     "unpack",
 ]
+
+_register_on_import()  # attn_implementation="warppack" once transformers is imported (no import here)

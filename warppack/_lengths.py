@@ -39,7 +39,7 @@ def lengths_of(data: Any, column: str = "input_ids") -> np.ndarray:
     [3, 1]
     """
     # HF datasets.Dataset: Arrow table plus an optional indices mapping.
-    if hasattr(data, "data") and hasattr(data, "column_names") and hasattr(data, "_indices"):
+    if hasattr(data, "_indices") and hasattr(data, "column_names") and hasattr(data, "data"):
         if column not in data.column_names:
             raise KeyError(f"column {column!r} not in the dataset; it has {data.column_names}")
         table = data.data

@@ -1,0 +1,86 @@
+"""Typed surface of the native boundary (warppack/_packer.pyx over cpp/).
+
+Every engine error is a ValueError whose message names the index, the value, the setting and the
+fix; wrong array types, dtypes or layouts are TypeError/ValueError saying what was received.
+"""
+
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import numpy.typing as npt
+
+Int64Array = npt.NDArray[np.int64]
+
+def plan_lengths(
+    lengths: npt.NDArray[np.int32] | npt.NDArray[np.int64],
+    max_tokens: int,
+    strategy: int,
+    max_seqs_per_bin: int,
+    overlong: int,
+    buffer_size: int,
+    shuffle: bool,
+    seed: int,
+) -> Tuple[Int64Array, Int64Array, Int64Array, Int64Array]:
+    """Packs examples of the given lengths into bins of at most ``max_tokens`` tokens.
+
+    ``lengths`` is a C-contiguous 1-D int32 or int64 array (read zero-copy). ``strategy``: 0 best-fit
+    decreasing, 1 first-fit decreasing, 2 online (``OnlinePacker`` over the examples in order, with
+    ``buffer_size``). ``overlong``: 0 error, 1 truncate to ``max_tokens``, 2 split into chunks of
+    ``max_tokens``. ``max_seqs_per_bin`` 0 means unlimited. ``shuffle`` permutes the order of the bins
+    (not their contents) deterministically from ``seed`` (taken modulo 2**64).
+
+    Returns ``(items, starts, sizes, bin_offsets)``: piece k is tokens
+    ``[starts[k], starts[k] + sizes[k])`` of example ``items[k]``; bin b is pieces
+    ``bin_offsets[b]:bin_offsets[b + 1]``, longest first.
+    """
+
+class OnlinePacker:
+    """Best-fit packing of a stream over a window of at most ``buffer_size`` pending items.
+
+    An item of exactly ``max_tokens`` tokens (or any item when ``max_seqs_per_bin == 1``) is emitted
+    as a bin at once. Otherwise it waits in the window; when a push makes the window hold
+    ``buffer_size + 1`` items, one bin is closed: it starts with the longest pending item and takes
+    the longest items that still fit (ties to the earliest pushed). The state depends only on the
+    pushed ``(key, length)`` sequence: pushing ``pending()`` with ``pending_lengths()`` into a fresh
+    packer restores it.
+    """
+
+    def __init__(self, max_tokens: int, max_seqs_per_bin: int = 0, buffer_size: int = 1024) -> None: ...
+    def push(self, key: int, length: int) -> list[Int64Array]:
+        """Adds one item (1 <= length <= max_tokens); returns the bins (arrays of keys) it closed."""
+    def flush(self) -> list[Int64Array]:
+        """Closes bins until the window is empty and returns them."""
+    def pending(self) -> Int64Array:
+        """Keys in the window, in push order."""
+    def pending_lengths(self) -> Int64Array:
+        """Lengths of ``pending()``, same order."""
+    def __len__(self) -> int: ...
+    @property
+    def max_tokens(self) -> int: ...
+    @property
+    def max_seqs_per_bin(self) -> int: ...
+    @property
+    def buffer_size(self) -> int: ...
+
+def write_layout(
+    ids: Sequence[Int64Array],
+    labels: Optional[Sequence[Optional[Int64Array]]],
+    total_tokens: int,
+    num_cu: int,
+    pad_token_id: int,
+    label_pad_id: int,
+    input_ids_out: Int64Array,
+    labels_out: Int64Array,
+    position_ids_out: Int64Array,
+    seq_idx_out: npt.NDArray[np.int32],
+    cu_seqlens_out: npt.NDArray[np.int32],
+) -> None:
+    """Writes one packed row (the "Batch buffer" contract of docs/architecture.md).
+
+    Inputs are C-contiguous 1-D int64 arrays (labels entries may be None: the ids are used). The
+    four token outputs must hold exactly ``total_tokens`` entries (< 2**31) and ``cu_seqlens_out``
+    exactly ``num_cu`` (>= n + 1, plus one when there is padding); all outputs must be writable
+    C-contiguous arrays (use ``tensor.numpy()`` for torch CPU tensors). The first label of every
+    sequence and all padding labels become ``label_pad_id``; the padding segment has positions
+    0.., seq_idx n, and ``cu_seqlens`` ends with ``total_tokens`` repeated up to ``num_cu``.
+    """
