@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import torch
 
-transformers = __import__("pytest").importorskip("transformers")
+try:
+    import transformers
+except ImportError:  # test modules importorskip("transformers") before using the factories
+    transformers = None
 
 _COMMON = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
@@ -30,7 +33,7 @@ FAMILIES = {
         layer_types=["full_attention", "sliding_attention"])),
     # q/k norms, explicit head_dim != hidden/heads, YaRN RoPE
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(head_dim=16, rope_parameters={
-        "rope_type": "yarn", "rope_theta": 10000.0, "factor": 2.0, "original_max_position_embeddings": 16})),
+        "rope_type": "yarn", "rope_theta": 10000.0, "factor": 2.0, "original_max_position_embeddings": 32})),
     # attention-logit softcapping, alternating sliding window, query_pre_attn_scalar scaling
     "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", dict(
         head_dim=8, sliding_window=4, attn_logit_softcapping=2.0, final_logit_softcapping=30.0,
@@ -43,7 +46,9 @@ FAMILIES = {
         "rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5})),
     # learned attention sinks (s_aux), MoE, sliding window
     "gpt_oss": ("GptOssConfig", "GptOssForCausalLM", dict(
-        head_dim=8, num_local_experts=4, num_experts_per_tok=2, sliding_window=4, layer_types=_TWO)),
+        head_dim=8, num_local_experts=4, num_experts_per_tok=2, sliding_window=4, layer_types=_TWO,
+        rope_parameters={"rope_type": "yarn", "rope_theta": 150000.0, "factor": 2.0, "beta_fast": 32.0,
+                         "beta_slow": 1.0, "truncate": False, "original_max_position_embeddings": 32})),
 }
 
 

@@ -139,18 +139,20 @@ def splitmix64(state):
 
 
 def permutation(n, seed):
-    """rank[b] = position of bin b after shuffling (the engine's Fisher-Yates)."""
-    rank, state = list(range(n)), seed & MASK
+    """order[k] = the bin written k-th after shuffling (the engine's Fisher-Yates)."""
+    order, state = list(range(n)), seed & MASK
     for i in range(n - 1, 0, -1):
         bound = i + 1
-        threshold = ((1 << 64) - bound) % bound
-        while True:
-            state, r = splitmix64(state)
-            if r >= threshold:
-                break
-        j = r % bound
-        rank[i], rank[j] = rank[j], rank[i]
-    return rank
+        state, x = splitmix64(state)
+        product = x * bound
+        if product & MASK < bound:  # Lemire's rejection: only this rare case needs the division
+            threshold = ((1 << 64) - bound) % bound
+            while product & MASK < threshold:
+                state, x = splitmix64(state)
+                product = x * bound
+        j = product >> 64
+        order[i], order[j] = order[j], order[i]
+    return order
 
 
 def plan(lengths, max_tokens, strategy="bfd", max_seqs=0, overlong="error", buffer_size=1,
@@ -164,10 +166,7 @@ def plan(lengths, max_tokens, strategy="bfd", max_seqs=0, overlong="error", buff
     else:
         bins = online(pieces, max_tokens, max_seqs, buffer_size)
     if shuffle:
-        shuffled = [None] * len(bins)
-        for b, position in enumerate(permutation(len(bins), seed)):
-            shuffled[position] = bins[b]
-        bins = shuffled
+        bins = [bins[b] for b in permutation(len(bins), seed)]
     return bins
 
 

@@ -15,7 +15,6 @@ SDPA per segment (block-diagonal under ``torch.compile``). ``attention_backend()
 
 from __future__ import annotations
 
-import functools
 import importlib.abc
 import importlib.util
 import inspect
@@ -60,8 +59,9 @@ def _record(name: str) -> None:
 
 
 # ---- kernel discovery: by feature (signature / schema), never by version number alone ----------------
-@functools.lru_cache(maxsize=None)
-def _flash_attn():
+def _find_flash_attn():
+    if importlib.util.find_spec("flash_attn") is None:
+        return None
     try:
         from flash_attn import flash_attn_varlen_func
     except Exception:  # not installed, or built for another CUDA/torch: treat as absent
@@ -69,24 +69,36 @@ def _flash_attn():
     return flash_attn_varlen_func, "softcap" in inspect.signature(flash_attn_varlen_func).parameters
 
 
-@functools.lru_cache(maxsize=None)
-def _torch_varlen():
+def _find_torch_varlen():
     try:
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:
         return None
-    params = inspect.signature(varlen_attn).parameters
-    return varlen_attn, "window_size" in params, "enable_gqa" in params
+    params = inspect.signature(varlen_attn).parameters  # 2.10: (..., is_causal, return_aux) only
+    return varlen_attn, "window_size" in params, "enable_gqa" in params, "scale" in params
 
 
-@functools.lru_cache(maxsize=None)
-def _aten_flash():
+def _find_aten_flash():
     try:
         op = torch.ops.aten._flash_attention_forward
     except (AttributeError, RuntimeError):
         return None
     names = {a.name for a in op.default._schema.arguments}
     return op, "window_size_left" in names
+
+
+_FOUND = None
+
+
+def _kernels() -> dict:
+    """Kernels found, looked up once. Not at ``import warppack``: ``torch.nn.attention.varlen`` pulls in
+    torch._dynamo (seconds). It runs when transformers registers us or on the first call; inside a
+    torch.compile graph the result is then a plain constant (nothing to trace, no graph break)."""
+    global _FOUND
+    if _FOUND is None:
+        _FOUND = {"flash_attn": _find_flash_attn(), "torch_varlen": _find_torch_varlen(),
+                  "aten_flash": _find_aten_flash()}
+    return _FOUND
 
 
 def _torch_varlen_mode(has_window_size: bool, *, causal: bool, window: int | None) -> dict | None:
@@ -111,14 +123,14 @@ def _can_run(name, q, k, *, window, softcap, dropout, sinks) -> bool:
     if not fused or sinks is not None:
         return False
     if name == "flash_attn":
-        found = _flash_attn()
+        found = _kernels()["flash_attn"]
         return found is not None and (softcap is None or found[1])
     if softcap is not None:
         return False
     if name == "torch_varlen":
-        found = _torch_varlen()
+        found = _kernels()["torch_varlen"]
         return found is not None and dropout == 0.0 and (window is None or found[1])
-    found = _aten_flash()  # aten_flash
+    found = _kernels()["aten_flash"]
     return found is not None and (window is None or found[1])
 
 
@@ -161,20 +173,25 @@ def varlen_attention(query, key, value, cu_seqlens_q, cu_seqlens_k=None, max_seq
     max_q = int(query.shape[0] if max_seqlen_q is None else max_seqlen_q)
     max_k = int(key.shape[0] if max_seqlen_k is None else max_seqlen_k)
     if name == "flash_attn":
-        fn = _flash_attn()[0]
+        fn = _kernels()["flash_attn"][0]
         left = -1 if sliding_window is None else sliding_window - 1
         extra = {"softcap": softcap} if softcap is not None else {}
         return fn(query, key, value, cu_q, cu_k, max_q, max_k, dropout_p=dropout, softmax_scale=scale,
                   causal=causal, window_size=(left, 0 if causal else left), **extra)
     groups = query.shape[1] // key.shape[1]
     if name == "torch_varlen":
-        fn, has_window, has_gqa = _torch_varlen()
+        fn, has_window, has_gqa, has_scale = _kernels()["torch_varlen"]
         if groups > 1 and not has_gqa:
             key, value = _repeat_heads(key, groups, 1), _repeat_heads(value, groups, 1)
-        mode = _torch_varlen_mode(has_window, causal=causal, window=sliding_window)
-        gqa = {"enable_gqa": True} if groups > 1 and has_gqa else {}
-        return fn(query, key, value, cu_q, cu_k, max_q, max_k, scale=scale, **mode, **gqa)
-    op, _ = _aten_flash()
+        extra = _torch_varlen_mode(has_window, causal=causal, window=sliding_window)
+        if groups > 1 and has_gqa:
+            extra["enable_gqa"] = True
+        if has_scale:
+            extra["scale"] = scale
+        elif scale != query.shape[-1] ** -0.5:  # no scale argument (2.10): fold it into the queries
+            query = query * (scale * query.shape[-1] ** 0.5)
+        return fn(query, key, value, cu_q, cu_k, max_q, max_k, **extra)
+    op, _ = _kernels()["aten_flash"]
     key, value = _repeat_heads(key, groups, 1), _repeat_heads(value, groups, 1)
     win = {}
     if sliding_window is not None:
@@ -360,7 +377,7 @@ def warppack_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask
 
     mask_function = mu.causal_mask_function if mask_function is None else mask_function
     config = kwargs.get("config")
-    plain = (not kwargs.get("use_vmap", False) and mask_function is not mu.bidirectional_mask_function
+    plain = (not kwargs.get("use_vmap", False) and mask_function is not getattr(mu, "bidirectional_mask_function", None)
              and getattr(config, "is_causal", True) and getattr(config, "attention_chunk_size", None) is None
              and isinstance(q_offset, int) and isinstance(kv_offset, int) and q_offset == kv_offset == 0
              and q_length == kv_length)
@@ -375,6 +392,7 @@ def warppack_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask
 
 def _register_function(module) -> None:
     module.AttentionInterface.register("warppack", warppack_attention_forward)
+    _kernels()  # transformers already imported torch._dynamo: cheap now, and settled before any compile
 
 
 def _register_mask(module) -> None:

@@ -54,13 +54,14 @@ def stdlib_sequences(*, vocab_size: int = 2048, max_len: int = 512, max_bytes: i
 def _model(vocab_size: int, max_len: int, device: torch.device, attn: str):
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    width = 256 if device.type == "cuda" else 128  # a CPU run stays a couple of minutes
     config = LlamaConfig(
         vocab_size=vocab_size,
-        hidden_size=256,
-        intermediate_size=688,
-        num_hidden_layers=4,
-        num_attention_heads=8,
-        num_key_value_heads=4,
+        hidden_size=width,
+        intermediate_size=width * 8 // 3,
+        num_hidden_layers=4 if device.type == "cuda" else 2,
+        num_attention_heads=8 if device.type == "cuda" else 4,
+        num_key_value_heads=4 if device.type == "cuda" else 2,
         max_position_embeddings=max_len,
         attn_implementation=attn,
     )
@@ -109,7 +110,7 @@ def _train(model, batches, steps: int, device: torch.device) -> dict:
         out.loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        loss = float(out.loss)
+        loss = float(out.loss.detach())
         real, slots, done = real + batch_real, slots + batch_slots, done + 1
         if done > steps:
             break

@@ -96,9 +96,8 @@ def plan_lengths(lengths, int64_t max_tokens, int strategy, int64_t max_seqs_per
         else:
             bins = cpp_plan_lengths(data64, n, options, pieces, items_p, starts_p, sizes_p,
                                     &offsets_v[0])
-    if bins + 1 < pieces + 1:
-        offsets = offsets[: bins + 1].copy()
-    return items, starts, sizes, offsets
+    # A view: the pages past bin_offsets[bins] were never touched, so they cost no memory.
+    return items, starts, sizes, offsets[: bins + 1]
 
 
 cdef class OnlinePacker:

@@ -7,8 +7,15 @@
 #include <utility>
 #include <vector>
 
+#include <cstdlib>
+#include <new>
+#include <type_traits>
+
 #if defined(_MSC_VER)
 #include <intrin.h>
+#endif
+#if defined(__linux__)
+#include <sys/mman.h>
 #endif
 
 namespace warppack {
@@ -26,6 +33,64 @@ inline int count_trailing_zeros(uint64_t word) {
 #endif
 }
 
+inline void prefetch(const void* address) {
+#if defined(__GNUC__) || defined(__clang__)
+  __builtin_prefetch(address);
+#else
+  (void)address;
+#endif
+}
+
+// A fixed-size, uninitialised scratch array. Large ones ask Linux for transparent huge pages: the
+// planner's scatter and list walks touch hundreds of MB at random, where 4 KiB pages make TLB
+// misses and page faults cost more than the work itself.
+template <class T>
+class Scratch {
+  static_assert(std::is_trivially_copyable<T>::value, "scratch holds plain data");
+
+ public:
+  Scratch() = default;
+  explicit Scratch(size_t n) : size_(n) {
+    if (n == 0) return;
+    const size_t bytes = n * sizeof(T);
+#if defined(__linux__)
+    constexpr size_t kHuge = size_t{2} << 20;
+    if (bytes >= kHuge) {
+      void* p = nullptr;
+      if (posix_memalign(&p, kHuge, (bytes + kHuge - 1) / kHuge * kHuge) != 0) throw std::bad_alloc();
+      madvise(p, bytes, MADV_HUGEPAGE);
+      data_ = static_cast<T*>(p);
+      return;
+    }
+#endif
+    data_ = static_cast<T*>(std::malloc(bytes));
+    if (data_ == nullptr) throw std::bad_alloc();
+  }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  Scratch(Scratch&& other) noexcept : data_(other.data_), size_(other.size_) {
+    other.data_ = nullptr;
+    other.size_ = 0;
+  }
+  Scratch& operator=(Scratch&& other) noexcept {
+    std::swap(data_, other.data_);
+    std::swap(size_, other.size_);
+    return *this;
+  }
+  ~Scratch() { std::free(data_); }
+
+  T* data() { return data_; }
+  size_t size() const { return size_; }
+  T& operator[](size_t i) { return data_[i]; }
+  const T& operator[](size_t i) const { return data_[i]; }
+  T* begin() { return data_; }
+  T* end() { return data_ + size_; }
+
+ private:
+  T* data_ = nullptr;
+  size_t size_ = 0;
+};
+
 // splitmix64: tiny and bit-identical on every platform, unlike std:: distributions whose output
 // differs between standard libraries (a plan must not change when the wheel does).
 class SplitMix64 {
@@ -37,22 +102,40 @@ class SplitMix64 {
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
     return z ^ (z >> 31);
   }
-  // Uniform in [0, bound) by rejection (no modulo bias), bound >= 1.
+  // Uniform in [0, bound), bound >= 1: Lemire's multiply-shift with rejection (unbiased, and
+  // no division in the common case).
   uint64_t below(uint64_t bound) {
-    const uint64_t threshold = (0 - bound) % bound;
-    for (;;) {
-      const uint64_t r = next();
-      if (r >= threshold) return r % bound;
+    uint64_t high, low;
+    multiply(next(), bound, high, low);
+    if (low < bound) {
+      const uint64_t threshold = (0 - bound) % bound;
+      while (low < threshold) multiply(next(), bound, high, low);
     }
+    return high;
   }
 
  private:
+  static void multiply(uint64_t a, uint64_t b, uint64_t& high, uint64_t& low) {
+#if defined(__SIZEOF_INT128__)
+    const unsigned __int128 product = static_cast<unsigned __int128>(a) * b;
+    high = static_cast<uint64_t>(product >> 64);
+    low = static_cast<uint64_t>(product);
+#else
+    const uint64_t a_lo = a & 0xFFFFFFFFu, a_hi = a >> 32, b_lo = b & 0xFFFFFFFFu, b_hi = b >> 32;
+    const uint64_t lo_lo = a_lo * b_lo, hi_lo = a_hi * b_lo, lo_hi = a_lo * b_hi, hi_hi = a_hi * b_hi;
+    const uint64_t cross = (lo_lo >> 32) + (hi_lo & 0xFFFFFFFFu) + lo_hi;
+    high = hi_hi + (hi_lo >> 32) + (cross >> 32);
+    low = (cross << 32) | (lo_lo & 0xFFFFFFFFu);
+#endif
+  }
+
   uint64_t state_;
 };
 
-// out[b] = the position of bin b after shuffling: Fisher-Yates on the identity.
-inline void random_permutation(int32_t* out, int64_t n, uint64_t seed) {
-  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<int32_t>(i);
+// A uniformly random permutation of 0..n-1 from `seed`: Fisher-Yates on the identity.
+template <class T>
+void random_permutation(T* out, int64_t n, uint64_t seed) {
+  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<T>(i);
   SplitMix64 rng(seed);
   for (int64_t i = n - 1; i > 0; --i) {
     const int64_t j = static_cast<int64_t>(rng.below(static_cast<uint64_t>(i) + 1));

@@ -1,0 +1,274 @@
+"""GPU checks of the model integration, then the attention benchmark, in one run (< 8 min on an H100).
+
+1. kernels: ``varlen_attention`` in bf16 vs a float64 per-sequence reference (GQA, sliding window,
+   empty static-shape tail), automatic choice (must be ``torch_varlen`` without flash-attn), forced
+   ``aten_flash`` and ``exact_segments``, dropout through ``aten_flash``.
+2. models: tiny-but-GPU-shaped transformers families in bf16, packed vs each sequence alone
+   (logits within 1e-2 relative), asserting which kernels ran; ``check_model``.
+3. torch.compile (inductor): static_shape batches of changing composition, no recompile.
+4. benchmark (``bench_attention.py``): attention-only and ~1B Llama fwd+bwd, four methods.
+
+Builds nothing: run it from the repository root after building the extension in place::
+
+    python setup.py build_ext --inplace && python benchmarks/gpu_model_checks.py
+    python benchmarks/gpu_model_checks.py --smoke     # CPU, fp32, tiny: checks the script itself
+
+Writes ``$OUT/gpu_model_checks.json`` and ``$OUT/gpu_model_checks.md`` (``OUT`` defaults to ./out);
+exits 1 if any check failed (every section still runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(Path(__file__).resolve().parent)]
+
+import torch  # noqa: E402
+
+import bench_attention  # noqa: E402
+import warppack  # noqa: E402
+from warppack import _attention  # noqa: E402
+
+SHAPES = dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, head_dim=64)
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gpt_oss")
+EXACT_ONLY = {"gemma2": "softcap", "gpt_oss": "attention sinks"}  # no fused kernel without flash-attn
+
+
+class Run:
+    def __init__(self, smoke: bool):
+        self.smoke = smoke
+        self.device = "cpu" if smoke else "cuda"
+        self.dtype = torch.float32 if smoke else torch.bfloat16
+        self.tol = 1e-4 if smoke else 1e-2
+        self.fused = "exact_segments" if smoke else "torch_varlen"  # what the automatic choice must be
+        self.results, self.failures, self.start = {}, [], time.time()
+
+    def section(self, name, fn):
+        print(f"\n== {name} ({time.time() - self.start:.0f}s)", flush=True)
+        try:
+            self.results[name] = fn()
+        except Exception as error:  # noqa: BLE001 - keep going: the other sections still count
+            traceback.print_exc()
+            self.results[name] = {"error": f"{type(error).__name__}: {error}"}
+            self.failures.append(f"{name}: {type(error).__name__}: {str(error)[:300]}")
+
+    def expect(self, ok: bool, what: str):
+        print(f"  [{'ok' if ok else 'FAIL'}] {what}", flush=True)
+        if not ok:
+            self.failures.append(what)
+
+
+class Backends:
+    """Collects every kernel name warppack records during a block (a model runs many layers)."""
+
+    def __enter__(self):
+        self.names, self._orig = set(), _attention._record
+        _attention._record = lambda name: (self.names.add(name), self._orig(name))
+        return self
+
+    def __exit__(self, *exc):
+        _attention._record = self._orig
+
+
+def rel(a, b) -> float:
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12)).item()
+
+
+def reference(q, k, v, lengths, window=None):
+    """Per-sequence causal attention in float64 (kv heads repeated)."""
+    outs, start, groups = [], 0, q.shape[1] // k.shape[1]
+    for n in lengths:
+        qs, ks, vs = (x[start:start + n].double().transpose(0, 1) for x in (q, k, v))
+        ks, vs = ks.repeat_interleave(groups, 0), vs.repeat_interleave(groups, 0)
+        i, j = torch.arange(n, device=q.device)[:, None], torch.arange(n, device=q.device)[None, :]
+        allowed = (j <= i) & ((i - j < window) if window else True)
+        scores = (qs @ ks.transpose(-1, -2) * q.shape[-1] ** -0.5).masked_fill(~allowed, float("-inf"))
+        outs.append((scores.softmax(-1) @ vs).transpose(0, 1))
+        start += n
+    return torch.cat(outs)
+
+
+def kernel_checks(run: Run) -> dict:
+    out, lengths = {}, [1, 77, 300, 512, 134]  # 1024 tokens; 1 and a long one
+    total = sum(lengths)
+    cu = torch.tensor([0] + lengths, device=run.device).cumsum(0).to(torch.int32)
+    tail = torch.cat([cu, cu.new_full((5,), total)])  # static_shape: empty segments at the end
+    gen = torch.Generator(device=run.device).manual_seed(0)
+    q = torch.randn(total, 8, 64, device=run.device, generator=gen).to(run.dtype)
+    k, v = (torch.randn(total, 2, 64, device=run.device, generator=gen).to(run.dtype) for _ in range(2))
+    cases = [("auto", None, None, cu), ("auto-window", None, 64, cu), ("auto-empty-tail", None, None, tail),
+             ("aten_flash", "aten_flash", None, cu), ("aten_flash-window", "aten_flash", 64, cu),
+             ("exact_segments", "exact_segments", 64, cu)]
+    for name, forced, window, cus in cases:
+        if run.smoke and forced == "aten_flash":
+            continue
+        warppack.set_attention_backend(forced)
+        try:
+            qq, kk, vv = (x.detach().requires_grad_() for x in (q, k, v))
+            got = warppack.varlen_attention(qq, kk, vv, cus, max_seqlen_q=512, max_seqlen_k=512, sliding_window=window)
+            backend = warppack.attention_backend()
+            got.float().square().sum().backward()
+        finally:
+            warppack.set_attention_backend(None)
+        rq, rk, rv = (x.detach().double().requires_grad_() for x in (q, k, v))
+        ref = reference(rq, rk, rv, lengths, window)
+        ref.square().sum().backward()
+        err = rel(got, ref)
+        grad_err = max(rel(a.grad, b.grad) for a, b in ((qq, rq), (kk, rk), (vv, rv)))
+        out[name] = {"backend": backend, "rel_error": err, "grad_rel_error": grad_err}
+        want = forced or run.fused
+        run.expect(backend == want and err <= run.tol,
+                   f"kernel {name}: backend {backend} (want {want}), rel error {err:.1e}, grads {grad_err:.1e}")
+    if not run.smoke:  # dropout: only aten_flash (or flash-attn) can; must run fwd+bwd and stay finite
+        qq = q.detach().requires_grad_()
+        got = warppack.varlen_attention(qq, k, v, cu, dropout=0.1)
+        got.float().sum().backward()
+        out["dropout"] = {"backend": warppack.attention_backend()}
+        run.expect(warppack.attention_backend() == "aten_flash" and bool(torch.isfinite(qq.grad).all()),
+                   f"dropout 0.1 ran through {warppack.attention_backend()}, finite grads")
+    return out
+
+
+def model_checks(run: Run) -> dict:
+    from model_helpers import random_sequences, tiny_model
+
+    budget, out = 1024, {}
+    batches = [([1, 37, 300, 686], False), ([budget], False), ([1, 37, 300], True)]  # last: static tail
+    for family in FAMILIES:
+        model = tiny_model(family, **SHAPES).to(run.device, run.dtype)
+        row = {}
+        for lengths, static in batches:
+            collate = warppack.PackedCollator(budget, static_shape=static, max_sequences=8)
+            seqs = [s.to(run.device) for s in random_sequences(lengths, seed=len(lengths))]
+            batch = collate([{"input_ids": s.cpu()} for s in seqs]).to(run.device)
+            with torch.no_grad(), Backends() as used:
+                packed = model(**batch).logits[0, : sum(lengths)]
+            model.set_attn_implementation("eager")
+            with torch.no_grad():
+                alone = torch.cat([model(input_ids=s[None], use_cache=False).logits[0] for s in seqs])
+            model.set_attn_implementation("warppack")
+            key = f"{lengths}{' static' if static else ''}"
+            row[key] = {"rel_error": rel(packed, alone), "backends": sorted(used.names)}
+            want = "exact_segments" if family in EXACT_ONLY else run.fused
+            run.expect(used.names == {want} and row[key]["rel_error"] <= run.tol,
+                       f"{family} {key}: kernels {sorted(used.names)} (want {want}), rel error {row[key]['rel_error']:.1e}")
+        # one fwd+bwd: loss and grads vs the token-weighted per-sequence reference (reported)
+        seqs = random_sequences([5, 200, 700], seed=9)
+        batch = warppack.PackedCollator(budget)([{"input_ids": s} for s in seqs]).to(run.device)
+        model.zero_grad()
+        loss = model(**batch).loss
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad()
+        model.set_attn_implementation("eager")
+        count = sum(len(s) - 1 for s in seqs)
+        ref = sum(model(input_ids=s[None].to(run.device), labels=s[None].to(run.device)).loss * (len(s) - 1) / count
+                  for s in seqs)
+        ref.backward()
+        model.set_attn_implementation("warppack")
+        row["loss_rel_error"] = abs(loss.item() - ref.item()) / abs(ref.item())
+        row["grad_rel_error_max"] = max(rel(p.grad, grads[n]) for n, p in model.named_parameters() if n in grads)
+        print(f"  {family}: loss rel error {row['loss_rel_error']:.1e}, worst parameter grad {row['grad_rel_error_max']:.1e}")
+        run.expect(row["loss_rel_error"] <= run.tol, f"{family}: packed loss within {run.tol:g} of the token-weighted mean")
+        out[family] = row
+    report = warppack.check_model(tiny_model("llama", **SHAPES).to(run.device, run.dtype))
+    out["check_model"] = report
+    run.expect(report.get("backend") == run.fused, f"check_model passes (backend {report.get('backend')})")
+    return out
+
+
+def compile_check(run: Run) -> dict:
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    from model_helpers import random_sequences, tiny_model
+
+    model = tiny_model("llama", **SHAPES).to(run.device, run.dtype).train()
+    collate = warppack.PackedCollator(512, static_shape=True, max_sequences=16)
+    counter = CompileCounterWithBackend("aot_eager" if run.smoke else "inductor")
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=counter)
+    errors, steps = [], []
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for lengths in ([5, 90, 3, 300], [512], [1, 2, 3, 4, 5, 6, 7, 8], [400, 1], [64] * 8):
+            batch = collate([{"input_ids": s} for s in random_sequences(lengths)]).to(run.device)
+            start = time.time()
+            out = compiled(**batch)
+            out.loss.backward()
+            steps.append(time.time() - start)
+            with torch.no_grad(), Backends() as used:
+                eager = model(**batch).logits
+            real = sum(lengths)
+            errors.append(rel(out.logits[0, :real].detach(), eager[0, :real]))
+    result = {"graphs": counter.frame_count, "compositions": 5, "rel_errors": errors, "step_s": steps,
+              "eager_backends": sorted(used.names)}
+    run.expect(counter.frame_count == 1 and max(errors) <= run.tol,
+               f"compile: {counter.frame_count} graph(s) for 5 compositions, worst rel error {max(errors):.1e} "
+               f"(first step {steps[0]:.1f}s incl. compile, then {sum(steps[1:]) / 4 * 1e3:.0f} ms)")
+    return result
+
+
+def environment(run: Run) -> dict:
+    import transformers
+
+    found = _attention._kernels()
+    env = {"torch": torch.__version__, "transformers": transformers.__version__, "smoke": run.smoke,
+           "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+           "flash_attn": found["flash_attn"] is not None,
+           "torch_varlen": None if found["torch_varlen"] is None else
+           dict(zip(("window_size", "enable_gqa", "scale"), found["torch_varlen"][1:])),
+           "aten_flash_window": None if found["aten_flash"] is None else found["aten_flash"][1]}
+    print(json.dumps(env, indent=1))
+    if not run.smoke:
+        run.expect(torch.cuda.is_available(), "CUDA is available")
+    return env
+
+
+def write(run: Run, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run.results["failures"] = run.failures
+    run.results["wall_s"] = time.time() - run.start
+    (out_dir / "gpu_model_checks.json").write_text(json.dumps(run.results, indent=2, default=str))
+    lines = [f"# warppack GPU model checks ({run.results['environment'].get('device', '?')})", "",
+             f"torch {torch.__version__}; {'FAILED: ' + '; '.join(run.failures) if run.failures else 'all checks passed'}; "
+             f"{run.results['wall_s']:.0f} s", "", "## Packed vs each sequence alone", "",
+             "| model | batch | kernels | max relative error |", "|---|---|---|---|"]
+    for family, rows in run.results.get("models", {}).items():
+        for key, row in rows.items() if isinstance(rows, dict) and family != "check_model" else ():
+            if isinstance(row, dict) and "rel_error" in row:
+                lines.append(f"| {family} | {key} | {', '.join(row['backends'])} | {row['rel_error']:.1e} |")
+    for name, row in run.results.get("kernels", {}).items():
+        if isinstance(row, dict) and "rel_error" in row:
+            lines.append(f"| attention only | {name} | {row['backend']} | {row['rel_error']:.1e} (grads {row['grad_rel_error']:.1e}) |")
+    bench = run.results.get("benchmark", {})
+    if "markdown" in bench:
+        lines += ["", "## Benchmark", "", bench["markdown"]]
+    (out_dir / "gpu_model_checks.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="CPU, fp32, tiny sizes: test the script itself")
+    parser.add_argument("--skip-benchmark", action="store_true")
+    args = parser.parse_args(argv)
+    run = Run(args.smoke)
+    run.section("environment", lambda: environment(run))
+    run.section("kernels", lambda: kernel_checks(run))
+    run.section("models", lambda: model_checks(run))
+    run.section("compile", lambda: compile_check(run))
+    if not args.skip_benchmark:
+        setup = bench_attention.Setup.smoke() if args.smoke else bench_attention.Setup()
+        run.section("benchmark", lambda: bench_attention.run(setup))
+    write(run, Path(os.environ.get("OUT") or "out"))
+    return 1 if run.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

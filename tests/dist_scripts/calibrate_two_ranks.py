@@ -1,0 +1,45 @@
+"""Two gloo ranks with different (simulated) device memory must calibrate one budget.
+
+Run by tests/test_calibration.py through ``torch.distributed.run --nproc_per_node=2``; writes
+``rank{r}.json`` into the folder given as argv[1].
+"""
+
+import json
+from datetime import timedelta
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import warppack  # noqa: E402
+from simulated_device import SimulatedDevice, ToyLM  # noqa: E402
+
+out = Path(sys.argv[1])
+rank = int(os.environ["RANK"])
+torch.manual_seed(0)
+model = ToyLM()
+opt = torch.optim.AdamW(model.parameters())
+device = SimulatedDevice(total_bytes=1_000_000 - 250_000 * rank, static_bytes=100_000, per_token=100,
+                         per_square=0.5).attach(model)
+kwargs = dict(optimizer=opt, max_seq_len=128, memory=device)
+
+alone = warppack.calibrate_token_budget(model, cache=False, **kwargs)  # before any process group
+
+dist.init_process_group("gloo", timeout=timedelta(seconds=60))
+cache = out / f"cache{rank}"
+budget = warppack.calibrate_token_budget(model, cache_dir=cache, **kwargs)
+dist.barrier()
+(entry,) = cache.glob("*.json")
+if rank == 0:  # a stale entry on one node only: must not be trusted by half of the ranks
+    data = json.loads(entry.read_text())
+    data["max_tokens"] = 12345
+    entry.write_text(json.dumps(data))
+else:
+    entry.unlink()
+dist.barrier()
+with_cache = warppack.calibrate_token_budget(model, cache_dir=cache, **kwargs)
+(out / f"rank{rank}.json").write_text(json.dumps({"alone": alone, "budget": budget, "with_cache": with_cache}))
+dist.destroy_process_group()

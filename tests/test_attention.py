@@ -1,0 +1,207 @@
+"""warppack._attention: the varlen dispatcher, its exact CPU paths and the transformers glue."""
+
+import subprocess
+import sys
+import types
+
+import pytest
+import torch
+
+import warppack
+from warppack import _attention as A
+
+
+def reference(q, k, v, lengths, *, causal=True, window=None, softcap=None, sinks=None):
+    """Per-sequence attention in float64, written out independently of warppack."""
+    outs, start = [], 0
+    groups = q.shape[1] // k.shape[1]
+    for n in lengths:
+        if n == 0:
+            continue
+        qs, ks, vs = (x[start:start + n].double().transpose(0, 1) for x in (q, k, v))
+        ks, vs = ks.repeat_interleave(groups, 0), vs.repeat_interleave(groups, 0)
+        scores = qs @ ks.transpose(-1, -2) * q.shape[-1] ** -0.5
+        if softcap is not None:
+            scores = torch.tanh(scores / softcap) * softcap
+        i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
+        allowed = (j <= i) if causal else torch.ones(n, n, dtype=torch.bool)
+        if window is not None:
+            allowed &= (i - j).abs() < window
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        if sinks is not None:
+            scores = torch.cat([scores, sinks.double()[:, None, None].expand(-1, n, 1)], -1)
+        probs = scores.softmax(-1)[..., :n]
+        outs.append((probs @ vs).transpose(0, 1))
+        start += n
+    return torch.cat(outs).float()
+
+
+def qkv(total, hq=4, hkv=2, d=8, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(total, h, d, generator=gen) for h in (hq, hkv, hkv)]
+
+
+def cu_of(lengths):
+    return torch.tensor([0] + list(lengths)).cumsum(0).to(torch.int32)
+
+
+FEATURES = [
+    dict(),
+    dict(window=3),
+    dict(softcap=2.0),
+    dict(causal=False),
+    dict(causal=False, window=2),
+    dict(window=4, softcap=1.5),
+    dict(sinks=torch.tensor([0.5, -1.0, 2.0, 0.0])),
+]
+
+
+@pytest.mark.parametrize("features", FEATURES, ids=lambda f: "-".join(f) or "plain")
+@pytest.mark.parametrize("path", ["exact_segments", "exact_block_diagonal"])
+def test_exact_paths_match_each_sequence_alone(features, path):
+    lengths = [1, 6, 9, 1, 3]
+    q, k, v = qkv(sum(lengths))
+    kw = dict(causal=features.get("causal", True), window=features.get("window"),
+              softcap=features.get("softcap"), sinks=features.get("sinks"))
+    fn = A._exact_segments if path == "exact_segments" else A._exact_block_diagonal
+    cu = cu_of(lengths)
+    got = fn(q, k, v, cu, cu, scale=8 ** -0.5, dropout=0.0, **kw)
+    torch.testing.assert_close(got, reference(q, k, v, lengths, **kw), rtol=1e-5, atol=1e-6)
+
+
+def test_varlen_attention_public_entry_and_backend_name():
+    lengths = [4, 1, 5]
+    q, k, v = qkv(10, hq=6, hkv=3)
+    out = warppack.varlen_attention(q, k, v, cu_of(lengths), sliding_window=2)
+    assert warppack.attention_backend() == "exact_segments"
+    torch.testing.assert_close(out, reference(q, k, v, lengths, window=2), rtol=1e-5, atol=1e-6)
+
+
+def test_empty_tail_segments_static_shape():
+    # static_shape batches repeat T at the end of cu_seqlens (and may hold a padding segment).
+    lengths = [3, 5, 2]
+    q, k, v = qkv(10)
+    cu = torch.tensor([0, 3, 8, 10, 10, 10, 10], dtype=torch.int32)
+    for fn in (A._exact_segments, A._exact_block_diagonal):
+        got = fn(q, k, v, cu, cu, causal=True, scale=8 ** -0.5, window=None, softcap=None, dropout=0.0, sinks=None)
+        torch.testing.assert_close(got, reference(q, k, v, lengths), rtol=1e-5, atol=1e-6)
+
+
+def test_segment_mask_aligns_causal_bottom_right_when_keys_are_longer():
+    # Two sequences with 2 and 1 new queries over 3 and 2 keys (a cache-like prefix).
+    mask = A.segment_mask(torch.tensor([0, 2, 3]), torch.tensor([0, 3, 5]), 3, 5)
+    expected = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [0, 0, 0, 1, 1]], dtype=torch.bool)
+    assert torch.equal(mask, expected)
+
+
+def test_bad_cu_seqlens_name_the_values_and_fix():
+    q, k, v = qkv(6)
+    with pytest.raises(ValueError, match=r"0\.\.5 for 6 query tokens"):
+        warppack.varlen_attention(q, k, v, torch.tensor([0, 2, 5], dtype=torch.int32))
+
+
+# ---- dispatch: which kernel may run which features (checked without a GPU) ----------------------------------
+def test_torch_varlen_causal_flag_is_a_tuple_or_is_causal_by_signature():
+    assert A._torch_varlen_mode(True, causal=True, window=None) == {"window_size": (-1, 0)}
+    assert type(A._torch_varlen_mode(True, causal=True, window=None)["window_size"]) is tuple
+    assert A._torch_varlen_mode(True, causal=True, window=4) == {"window_size": (3, 0)}
+    assert A._torch_varlen_mode(True, causal=False, window=None) == {"window_size": (-1, -1)}
+    assert A._torch_varlen_mode(False, causal=True, window=None) == {"is_causal": True}
+    assert A._torch_varlen_mode(False, causal=True, window=4) is None  # torch 2.10: no windows
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """Pretend kernels are installed; ``fake(dtype)`` is a query the fused kernels would accept."""
+    def install(flash=None, varlen=None, aten=None):
+        monkeypatch.setattr(A, "_FOUND", {"flash_attn": flash, "torch_varlen": varlen, "aten_flash": aten})
+    q = types.SimpleNamespace(is_cuda=True, dtype=torch.bfloat16, shape=(8, 4, 64))
+    return install, q
+
+
+def choose(q, **features):
+    feats = {**dict(window=None, softcap=None, dropout=0.0, sinks=None), **features}
+    return next(n for n in A.KERNELS if A._can_run(n, q, q, **feats))
+
+
+def test_dispatch_prefers_flash_attn_then_torch_varlen_then_aten(fake_cuda):
+    install, q = fake_cuda
+    install(flash=(object(), True), varlen=(object(), True, True, True), aten=(object(), True))
+    assert choose(q) == "flash_attn"
+    install(varlen=(object(), True, True, True), aten=(object(), True))
+    assert choose(q) == "torch_varlen"
+    install(aten=(object(), True))
+    assert choose(q) == "aten_flash"
+    install()
+    assert choose(q) == "exact_segments"
+
+
+def test_dispatch_never_picks_a_kernel_lacking_a_feature(fake_cuda):
+    install, q = fake_cuda
+    install(flash=(object(), False), varlen=(object(), False, False, False), aten=(object(), True))
+    assert choose(q, softcap=30.0) == "exact_segments"  # old flash-attn: no softcap argument
+    install(varlen=(object(), False, False, False), aten=(object(), True))
+    assert choose(q, window=4) == "aten_flash"  # torch 2.10 varlen: causal only
+    assert choose(q) == "torch_varlen"
+    install(varlen=(object(), True, True, True), aten=(object(), True))
+    assert choose(q, dropout=0.1) == "aten_flash"  # varlen_attn has no dropout
+    assert choose(q, sinks=torch.zeros(4)) == "exact_segments"
+    assert choose(types.SimpleNamespace(is_cuda=True, dtype=torch.float32, shape=(8, 4, 64))) == "exact_segments"
+    assert choose(types.SimpleNamespace(is_cuda=True, dtype=torch.bfloat16, shape=(8, 4, 12))) == "exact_segments"
+
+
+def test_forced_backend_raises_instead_of_approximating():
+    q, k, v = qkv(4)
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        warppack.set_attention_backend("flash")
+    warppack.set_attention_backend("torch_varlen")
+    try:
+        with pytest.raises(ValueError, match=r"set_attention_backend\(None\)"):
+            warppack.varlen_attention(q, k, v, cu_of([4]))
+    finally:
+        warppack.set_attention_backend(None)
+    warppack.set_attention_backend("exact_block_diagonal")
+    try:
+        warppack.varlen_attention(q, k, v, cu_of([4]))
+        assert warppack.attention_backend() == "exact_block_diagonal"
+    finally:
+        warppack.set_attention_backend(None)
+
+
+# ---- transformers glue -----------------------------------------------------------------------------------
+transformers = pytest.importorskip("transformers")
+
+
+def test_mask_function_builds_no_mask_for_packed_rows_and_exact_masks_otherwise():
+    from transformers import masking_utils as mu
+
+    assert A.warppack_mask(1, 50, 50) is None
+    assert A.warppack_mask(1, 5, 5, attention_mask=torch.ones(1, 5, dtype=torch.bool)) is None
+    padded = torch.tensor([[False, True, True, True, True]])
+    expected = mu.sdpa_mask(batch_size=1, q_length=5, kv_length=5, attention_mask=padded, allow_is_causal_skip=False)
+    assert torch.equal(A.warppack_mask(1, 5, 5, attention_mask=padded), expected)
+    decode = A.warppack_mask(1, 1, 6, q_offset=5)  # one new token over a 6-token cache
+    assert decode.shape == (1, 1, 1, 6) and bool(decode.all())
+
+
+def test_import_registers_lazily_without_importing_transformers():
+    code = ("import sys, warppack\n"
+            "assert 'transformers.modeling_utils' not in sys.modules\n"
+            "from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS\n"
+            "from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS\n"
+            "assert 'warppack' in ALL_ATTENTION_FUNCTIONS and 'warppack' in ALL_MASK_ATTENTION_FUNCTIONS\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(A.__file__).rsplit("/warppack/", 1)[0])
+
+
+def test_position_ids_only_packing_matches_cu_seqlens():
+    # transformers' DataCollatorWithFlattening style: packed position_ids, no cu_seq_lens keys.
+    from model_helpers import hand_packed, random_sequences, tiny_model
+
+    model = tiny_model("mistral")
+    batch = hand_packed(random_sequences([5, 1, 9]))
+    with torch.no_grad():
+        by_cu = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                      cu_seq_lens_q=batch["cu_seq_lens_q"], cu_seq_lens_k=batch["cu_seq_lens_k"]).logits
+        by_positions = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+    assert warppack.attention_backend() == "exact_segments"
+    torch.testing.assert_close(by_positions, by_cu, rtol=1e-5, atol=1e-6)

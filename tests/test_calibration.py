@@ -1,0 +1,264 @@
+"""calibrate_token_budget on CPU through a simulated device (tests/simulated_device.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import warppack
+from warppack._calibration import calibrate, next_budget, pessimistic_lengths, search_budget
+from warppack._calibration_cache import calibration_key, key_digest
+from warppack._memory import TrainingSnapshot
+
+sys.path.insert(0, str(Path(__file__).parent))
+from simulated_device import SimulatedDevice, ToyLM  # noqa: E402
+
+
+def _device(**overrides):
+    spec = dict(total_bytes=1_000_000, static_bytes=100_000, per_token=100, per_square=0.5, per_sequence=50)
+    spec.update(overrides)
+    return SimulatedDevice(**spec)
+
+
+def _toy(seed=0, **kw):
+    torch.manual_seed(seed)
+    model = ToyLM(**kw)
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-2)
+
+
+# ---- pure pieces --------------------------------------------------------------------------------
+@given(budget=st.integers(1, 5000), max_seq_len=st.integers(1, 600), short=st.integers(1, 64),
+       cap=st.one_of(st.none(), st.integers(1, 400)))
+def test_pessimistic_lengths_fill_the_budget_with_legal_sequences(budget, max_seq_len, short, cap):
+    budget = max(budget, max_seq_len)
+    shapes = pessimistic_lengths(budget, max_seq_len, short_len=short, max_sequences=cap)
+    assert shapes[0][: budget // max_seq_len] == [max_seq_len] * (budget // max_seq_len)
+    assert [max_seq_len] in shapes or shapes[0] == [max_seq_len]  # the single longest sequence
+    for lengths in shapes:
+        assert sum(lengths) <= budget and all(1 <= n <= max_seq_len for n in lengths)
+    assert sum(shapes[0]) == budget
+    short = min(short, max_seq_len)
+    if cap is None or -(-budget // short) <= cap:  # many short sequences filling the budget exactly
+        assert any(sum(x) == budget and max(x) <= short for x in shapes)
+    else:  # as many sequences as the cap allows, as short as possible
+        assert any(len(x) == cap and sum(x) == min(budget, cap * max_seq_len) for x in shapes)
+
+
+@settings(max_examples=150, deadline=None)
+@given(static=st.floats(0, 5e5), per_token=st.floats(1, 500), per_square=st.floats(0, 2),
+       max_seq_len=st.integers(8, 512), headroom=st.floats(0.02, 0.5), tolerance=st.floats(0.01, 0.2),
+       granularity=st.sampled_from([1, 8, 64]))
+def test_search_brackets_the_best_budget_within_tolerance(static, per_token, per_square, max_seq_len, headroom,
+                                                          tolerance, granularity):
+    device = SimulatedDevice(total_bytes=1e7, static_bytes=static, per_token=per_token, per_square=per_square)
+    target = (1 - headroom) * device.total_bytes
+    start = -(-max_seq_len // granularity) * granularity
+
+    def probe(budget):
+        peaks = [device.need(s) for s in pessimistic_lengths(budget, max_seq_len)]
+        if max(peaks) > device.total_bytes:
+            return False, None, "CUDA out of memory"
+        return max(peaks) <= target, max(peaks), None
+
+    best = device.best_budget(max_seq_len, headroom=headroom, granularity=granularity)
+    found, history = search_budget(probe, start=start, target=target, tolerance=tolerance, granularity=granularity)
+    if best < start:
+        assert found is None and len(history) == 1
+        return
+    assert found is not None and found % granularity == 0 and probe(found)[0]
+    assert found <= best and (best - found <= granularity or best <= found * (1 + tolerance))
+    assert len(history) <= 12
+
+
+def test_next_budget_extrapolates_then_stays_inside_the_bracket():
+    points = [(100, 1100.0), (200, 2100.0)]  # 10 bytes per token over 100 static
+    guess = next_budget(200, None, points, target=10_100, tolerance=0.05)
+    assert 950 <= guess < 1000  # just under the predicted 1000
+    assert 200 * 1.05 <= next_budget(200, 230, points, target=10_100, tolerance=0.05) <= 222.5
+    assert next_budget(200, None, [(200, 2100.0)], target=10_100, tolerance=0.05) == 400  # no slope yet: double
+
+
+# ---- the calibrator on a simulated device --------------------------------------------------------
+def test_calibrated_budget_is_within_tolerance_of_the_best_and_leaves_headroom(tmp_path):
+    model, opt = _toy()
+    device = _device().attach(model)
+    budget = warppack.calibrate_token_budget(model, optimizer=opt, max_seq_len=256, memory=device,
+                                             collator=warppack.PackedCollator(pad_to_multiple_of=8),
+                                             cache_dir=tmp_path)
+    best = device.best_budget(256, headroom=0.08, granularity=8)
+    assert budget % 8 == 0 and best / 1.05 <= budget <= best
+    assert all(device.need(s) <= 0.92 * device.total_bytes for s in pessimistic_lengths(budget, 256))
+    assert device.resets <= 8  # probes
+
+
+@pytest.mark.parametrize("headroom", [0, 1, 1.5, -0.1, True, "0.1"])
+def test_headroom_outside_zero_one_is_refused(headroom):
+    model, opt = _toy()
+    with pytest.raises(ValueError, match=r"headroom must be a fraction strictly between 0 and 1.*headroom=0\.08"):
+        warppack.calibrate_token_budget(model, optimizer=opt, max_seq_len=64, headroom=headroom,
+                                        memory=_device(), cache=False)
+
+
+def test_without_cuda_the_error_says_why():
+    model, opt = _toy()
+    with pytest.raises(RuntimeError, match="CUDA") as info:
+        warppack.calibrate_token_budget(model, optimizer=opt, max_seq_len=64, cache=False)
+    if torch.version.cuda is None:
+        assert "CPU-only" in str(info.value) and "budget yourself" in str(info.value)
+
+
+@pytest.mark.parametrize("per_token,match", [(100, r"needed 0\.00 GiB"), (10_000, "ran out of memory")])
+def test_model_that_does_not_fit_one_sequence_says_how_much_it_needed(per_token, match):
+    model, opt = _toy()
+    device = _device(per_token=per_token, per_square=3).attach(model)  # 512 tokens: > 92% (or > 100%)
+    with pytest.raises(RuntimeError, match=r"does not fit one max_seq_len=512 sequence on simulated-gpu") as info:
+        warppack.calibrate_token_budget(model, optimizer=opt, max_seq_len=512, memory=device, cache=False)
+    assert "headroom=0.08" in str(info.value) and "gradient checkpointing" in str(info.value)
+    assert __import__("re").search(match, str(info.value))
+
+
+def test_non_oom_errors_are_not_swallowed():
+    model, opt = _toy()
+
+    def broken(model, batch):
+        raise KeyError("labels")
+
+    with pytest.raises(KeyError):
+        warppack.calibrate_token_budget(model, optimizer=opt, max_seq_len=64, memory=_device().attach(model),
+                                        loss_fn=broken, cache=False)
+
+
+# ---- leaves everything as it found it --------------------------------------------------------------
+def _state(model, opt):
+    return ({k: v.clone() for k, v in model.state_dict().items()},
+            [None if p.grad is None else p.grad.clone() for p in model.parameters()],
+            {id(p): {k: (v.clone() if torch.is_tensor(v) else v) for k, v in s.items()} for p, s in opt.state.items()},
+            [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups],
+            torch.get_rng_state().clone(), random.getstate(), np.random.get_state()[1].copy(), model.training)
+
+
+def _assert_same(a, b):
+    assert a[0].keys() == b[0].keys() and all(torch.equal(a[0][k], b[0][k]) for k in a[0])
+    assert all((x is None and y is None) or torch.equal(x, y) for x, y in zip(a[1], b[1]))
+    assert a[2].keys() == b[2].keys()
+    for key in a[2]:
+        assert a[2][key].keys() == b[2][key].keys()
+        assert all(torch.equal(a[2][key][k], b[2][key][k]) if torch.is_tensor(a[2][key][k])
+                   else a[2][key][k] == b[2][key][k] for k in a[2][key])
+    assert a[3] == b[3] and torch.equal(a[4], b[4]) and a[5] == b[5] and np.array_equal(a[6], b[6]) and a[7] == b[7]
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["fresh-optimizer", "mid-training"])
+def test_model_optimizer_grads_and_rng_are_restored_bit_for_bit(warm, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
+                                      attention_dropout=0.1)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config)
+    model.set_attn_implementation("warppack")
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.1)
+    if warm:  # state, gradients and a scheduler-changed lr exist and must survive
+        batch = warppack.PackedCollator()([{"input_ids": [5, 6, 7, 8]}, {"input_ids": [9, 10, 11]}])
+        model(**batch).loss.backward()
+        opt.step()
+        model(**batch).loss.backward()
+        opt.param_groups[0]["lr"] = 0.05
+    model.eval()
+    random.seed(3), np.random.seed(3), torch.manual_seed(3)
+    before = _state(model, opt)
+    device = SimulatedDevice(total_bytes=3e5, static_bytes=1e4, per_token=100).attach(model)
+    budget = warppack.calibrate_token_budget(model, optimizer=opt, max_seq_len=32, memory=device, cache=False)
+    assert budget > 32 and device.forwards > 3
+    _assert_same(before, _state(model, opt))
+
+
+def test_snapshot_restores_state_the_step_deleted_or_replaced():
+    model, opt = _toy()
+    model(**warppack.PackedCollator()([{"input_ids": [1, 2, 3]}]))["loss"].backward()
+    opt.step()
+    before = _state(model, opt)
+    with TrainingSnapshot(model, opt):
+        del opt.state[model.head.weight]["exp_avg"]
+        opt.state[model.head.bias]["exp_avg"] = torch.zeros(3)  # replaced with another shape
+        opt.param_groups[0]["extra"] = 1
+        model.head.weight.grad = None
+        model.train(not model.training)
+    _assert_same(before, _state(model, opt))
+
+
+# ---- the cache --------------------------------------------------------------------------------------
+def test_cache_skips_the_search_and_keys_on_what_changes_the_result(tmp_path):
+    model, opt = _toy()
+    device = _device().attach(model)
+    kwargs = dict(optimizer=opt, max_seq_len=128, memory=device, cache_dir=tmp_path)
+    first = warppack.calibrate_token_budget(model, **kwargs)
+    probes = device.resets
+    assert warppack.calibrate_token_budget(model, **kwargs) == first and device.resets == probes  # a hit
+    (entry,) = tmp_path.glob("*.json")
+    stored = json.loads(entry.read_text())
+    assert stored["max_tokens"] == first and stored["key"]["device"]["name"] == "simulated-gpu"
+    warppack.calibrate_token_budget(model, **{**kwargs, "headroom": 0.2})
+    assert device.resets > probes and len(list(tmp_path.glob("*.json"))) == 2  # another setting: a miss
+
+
+def test_cache_key_changes_with_each_input():
+    transformers = pytest.importorskip("transformers")
+    small = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**small))
+    base = dict(optimizer=torch.optim.AdamW(model.parameters()), device={"name": "H100", "total_bytes": 80},
+                world_size=1, mixed_precision="bf16", settings={"max_seq_len": 4096})
+
+    def digest(m=model, **changes):
+        return key_digest(calibration_key(m, **{**base, **changes}))
+
+    variants = {
+        "config": digest(transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**small, "num_hidden_layers": 2}))),
+        "dtype": digest(transformers.LlamaForCausalLM(transformers.LlamaConfig(**small)).to(torch.bfloat16)),
+        "optimizer": digest(optimizer=torch.optim.SGD(model.parameters(), lr=0.1)),
+        "optimizer flag": digest(optimizer=torch.optim.AdamW(model.parameters(), amsgrad=True)),
+        "device": digest(device={"name": "H100", "total_bytes": 94}),
+        "world": digest(world_size=8),
+        "precision": digest(mixed_precision="no"),
+        "settings": digest(settings={"max_seq_len": 2048}),
+    }
+    model.gradient_checkpointing_enable()
+    variants["checkpointing"] = digest()
+    model.gradient_checkpointing_disable()
+    model.set_attn_implementation("sdpa")
+    variants["attention"] = digest()
+    model.set_attn_implementation("eager")
+    same_weights_other_init = transformers.LlamaForCausalLM(transformers.LlamaConfig(**small))
+    assert digest(same_weights_other_init) == digest(same_weights_other_init)
+    assert len(set(variants.values()) | {digest()}) == len(variants) + 1
+
+
+# ---- all ranks agree (2 gloo processes) --------------------------------------------------------------
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("calibrate_ranks")
+    script = Path(__file__).parent / "dist_scripts" / "calibrate_two_ranks.py"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script), str(out)], env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+@pytest.mark.distributed
+def test_two_ranks_agree_on_the_smaller_device_budget(two_ranks):
+    r0, r1 = two_ranks
+    assert r0["budget"] == r1["budget"] == min(r0["alone"], r1["alone"])
+    assert r0["alone"] != r1["alone"]  # the ranks really had different memory
+    # rank 0 had a (wrong) cache entry, rank 1 none: both measured instead of trusting half a cache
+    assert r0["with_cache"] == r1["with_cache"] == r0["budget"]

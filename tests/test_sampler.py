@@ -1,0 +1,360 @@
+"""PackedBatchSampler: exactly once, equal steps, balance, determinism, resume, resharding, misuse."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch.utils.data import DataLoader
+
+import warppack
+from warppack import PackedBatchSampler
+
+from resume_harness import (ListDataset, SamplerSession, check_resume, check_skip_first_batches, make_examples,
+                            sampler_stateful_session, StatefulDataLoader)
+
+WORLDS = (1, 2, 3, 7, 8)
+
+
+def rank_batches(lengths, max_tokens, world, epoch=0, **kwargs):
+    """Every rank's batches of one epoch, simulated in-process."""
+    out = []
+    for rank in range(world):
+        sampler = PackedBatchSampler(lengths, max_tokens, num_replicas=world, rank=rank, **kwargs)
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert len(batches) == len(sampler), "len() must be exact before iteration"
+        out.append(batches)
+    return out
+
+
+def check_guarantees(lengths, max_tokens, per_rank, *, truncate=False):
+    lengths = np.asarray(lengths)
+    steps = {len(b) for b in per_rank}
+    assert len(steps) == 1, f"unequal steps across ranks: {[len(b) for b in per_rank]}"
+    seen = [i for batches in per_rank for batch in batches for i in batch]
+    assert sorted(seen) == list(range(len(lengths))), "every example exactly once across ranks"
+    budget = [sum(min(int(lengths[i]), max_tokens) if truncate else int(lengths[i]) for i in b)
+              for batches in per_rank for b in batches]
+    assert max(budget, default=0) <= max_tokens
+    empties = sum(1 for batches in per_rank for b in batches if not b)
+    if empties:  # only when there were fewer sequences than slots: then every batch holds one example
+        assert all(len(b) <= 1 for batches in per_rank for b in batches)
+    return steps.pop()
+
+
+length_lists = st.one_of(
+    st.lists(st.integers(1, 64), max_size=120),                       # uniform
+    st.lists(st.sampled_from([1, 2, 63, 64]), max_size=120),          # extremes, many ties
+    st.lists(st.integers(1, 8), max_size=30),                         # tiny examples, few of them
+    st.builds(lambda n, s: np.clip(np.random.default_rng(s).lognormal(2.5, 1.0, n), 1, 64).astype(int).tolist(),
+              st.integers(0, 300), st.integers(0, 1000)),              # long-tailed
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lengths=length_lists, world=st.sampled_from(WORLDS), shuffle=st.booleans(),
+       strategy=st.sampled_from(["bfd", "ffd", "online"]), seed=st.integers(0, 2**40), epoch=st.integers(0, 3),
+       max_seqs=st.sampled_from([None, 1, 3]))
+def test_exactly_once_equal_steps_budget(lengths, world, shuffle, strategy, seed, epoch, max_seqs):
+    per_rank = rank_batches(lengths, 64, world, epoch=epoch, shuffle=shuffle, strategy=strategy, seed=seed,
+                            max_seqs_per_bin=max_seqs)
+    steps = check_guarantees(lengths, 64, per_rank)
+    if max_seqs:
+        assert all(len(b) <= max_seqs for batches in per_rank for b in batches)
+    # Steps are the fewest that hold the plan: ceil(bins / world) (splitting never adds a step).
+    bins = warppack.plan(lengths, 64, strategy=strategy, max_seqs_per_bin=max_seqs).num_bins if lengths else 0
+    assert steps <= -(-max(bins, 1) // world) + (0 if lengths else 0) or not lengths
+
+
+class _Ids(torch.utils.data.Dataset):
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return i
+
+
+def _ids_collate(batch):
+    return list(batch)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lengths=st.lists(st.integers(1, 32), max_size=40), world=st.sampled_from(WORLDS),
+       workers=st.sampled_from([1, 3]))
+def test_exactly_once_through_dataloader_workers(lengths, world, workers):
+    per_rank = []
+    for rank in range(world):
+        sampler = PackedBatchSampler(lengths, 32, num_replicas=world, rank=rank, seed=3)
+        loader = DataLoader(_Ids(len(lengths)), batch_sampler=sampler, collate_fn=_ids_collate, num_workers=workers)
+        per_rank.append(list(loader))
+        assert len(per_rank[-1]) == len(loader) == len(sampler)
+    check_guarantees(lengths, 32, per_rank)
+
+
+def test_truncate_counts_budget_tokens_and_split_is_refused():
+    lengths = [100, 5, 40, 3, 70]
+    per_rank = rank_batches(lengths, 50, 2, overlong="truncate")
+    check_guarantees(lengths, 50, per_rank, truncate=True)
+    with pytest.raises(ValueError, match="overlong='truncate'.*PackedIterableDataset"):
+        PackedBatchSampler(lengths, 50, overlong="split")
+    with pytest.raises(ValueError, match="example 0 has 100 tokens, more than max_tokens=50"):
+        PackedBatchSampler(lengths, 50)
+    with pytest.raises(ValueError, match=r"lengths\[1\] = 0"):
+        PackedBatchSampler([3, 0, 2], 50)
+
+
+def test_fewer_examples_than_ranks_gives_explicit_empty_batches():
+    per_rank = rank_batches([7, 9, 4], 64, 8, shuffle=False)
+    assert [len(b) for b in per_rank] == [1] * 8
+    assert sorted(i for b in per_rank for batch in b for i in batch) == [0, 1, 2]
+    assert sum(1 for b in per_rank if b == [[]]) == 5
+    # The collator turns [] into a zero-loss step: one padding token, every label ignored.
+    empty = warppack.PackedCollator(64)([])
+    assert empty.num_sequences == 0 and bool((empty["labels"] == -100).all())
+    assert rank_batches([], 64, 3) == [[], [], []]
+
+
+def test_bins_are_split_rather_than_leaving_a_rank_idle():
+    # 5 near-full bins on 4 ranks: 8 slots, filled by splitting 3 bins; no empty batch.
+    lengths = [30, 30] * 5
+    per_rank = rank_batches(lengths, 64, 4, shuffle=False)
+    steps = check_guarantees(lengths, 64, per_rank)
+    assert steps == 2 and all(batch for batches in per_rank for batch in batches)
+
+
+def test_determinism_and_epochs():
+    lengths = np.random.default_rng(0).integers(1, 200, size=500)
+    a = rank_batches(lengths, 512, 3, epoch=2, seed=11)
+    assert a == rank_batches(lengths, 512, 3, epoch=2, seed=11)
+    assert a != rank_batches(lengths, 512, 3, epoch=3, seed=11)
+    assert a != rank_batches(lengths, 512, 3, epoch=2, seed=12)
+    # Shuffling re-draws the bins themselves, not only their order.
+    contents = lambda per_rank: sorted(tuple(sorted(b)) for r in per_rank for b in r)
+    assert contents(a) != contents(rank_batches(lengths, 512, 3, epoch=3, seed=11))
+    fixed = rank_batches(lengths, 512, 3, shuffle=False)
+    assert fixed == rank_batches(lengths, 512, 3, shuffle=False, epoch=5)
+
+
+def _imbalance(lengths, max_tokens, world, **kwargs):
+    """Σ_step max_rank tokens / Σ_step mean_rank tokens, from the sampler's own layout."""
+    sampler = PackedBatchSampler(lengths, max_tokens, num_replicas=world, rank=0, **kwargs)
+    layout = sampler._layout(0, [])
+    tokens = np.where(layout.grid >= 0, layout.bins.tokens[np.maximum(layout.grid, 0)], 0)
+    sumsq = np.where(layout.grid >= 0, layout.bins.sumsq[np.maximum(layout.grid, 0)], 0)
+    return tokens.max(1).sum() / tokens.mean(1).sum(), sumsq.max(1).sum() / sumsq.mean(1).sum()
+
+
+@pytest.mark.parametrize("world", [8, 64])
+def test_token_balance_on_real_length_data(shared_data, world):
+    from benchmarks_data import load_length_sets
+
+    for name, (lengths, max_tokens, overlong) in load_length_sets(shared_data).items():
+        tokens, sumsq = _imbalance(lengths, max_tokens, world, overlong=overlong, seed=1)
+        assert tokens <= 1.02, f"{name} on {world} ranks: token imbalance {tokens:.4f}"
+        assert sumsq <= 1.25, f"{name} on {world} ranks: Σlen² imbalance {sumsq:.4f}"
+
+
+# -- state -----------------------------------------------------------------------------------
+def test_state_dict_round_trip_mid_epoch_and_same_on_every_rank():
+    lengths = np.random.default_rng(1).integers(1, 100, size=300)
+    full = [list(PackedBatchSampler(lengths, 256, num_replicas=3, rank=r, seed=4)) for r in range(3)]
+    sampler = PackedBatchSampler(lengths, 256, num_replicas=3, rank=1, seed=4)
+    it = iter(sampler)
+    for _ in range(5):
+        next(it)
+    state = sampler.state_dict()
+    assert state["step"] == 5 and state["epoch"] == 0 and state["num_replicas"] == 3
+    for rank in range(3):  # any rank's state resumes any rank
+        other = PackedBatchSampler(lengths, 256, num_replicas=3, rank=rank, seed=4)
+        other.load_state_dict(state)
+        assert list(other) == full[rank][5:]
+        assert list(other) == full[rank], "a second pass starts the epoch again"
+
+
+def test_state_is_refused_for_other_data_budget_or_seed():
+    lengths = np.arange(1, 101)
+    state = PackedBatchSampler(lengths, 256, seed=4).state_dict()
+    with pytest.raises(ValueError, match=r"max_tokens: saved 256, this sampler 128.*seed: saved 4, this sampler 5"):
+        PackedBatchSampler(lengths, 128, seed=5).load_state_dict(state)
+    changed = lengths.copy()
+    changed[7] += 1
+    with pytest.raises(ValueError, match="lengths_fingerprint"):
+        PackedBatchSampler(changed, 256, seed=4).load_state_dict(state)
+    with pytest.raises(ValueError, match="num_examples: saved 100, this sampler 99"):
+        PackedBatchSampler(lengths[:-1], 256, seed=4).load_state_dict(state)
+    with pytest.raises(ValueError, match="not a PackedBatchSampler state"):
+        PackedBatchSampler(lengths, 256).load_state_dict({"epoch": 0})
+
+
+@pytest.mark.parametrize("worlds", [(3, 2), (2, 5), (4, 3, 7), (8, 1)])
+def test_resume_on_another_world_size_keeps_exactly_once(worlds):
+    """Run some steps on worlds[0] ranks, resume on worlds[1] (and again on worlds[2]): each example once."""
+    lengths = np.random.default_rng(len(worlds)).integers(1, 120, size=400)
+    kwargs = dict(seed=9)
+    seen = []
+    state = None
+    total_steps = []
+    for segment, world in enumerate(worlds):
+        samplers = [PackedBatchSampler(lengths, 256, num_replicas=world, rank=r, **kwargs) for r in range(world)]
+        for s in samplers:
+            s.set_epoch(2)
+            if state is not None:
+                s.load_state_dict(state)
+        lens = {len(s) for s in samplers}
+        assert len(lens) == 1, "equal steps after resharding too"
+        iters = [iter(s) for s in samplers]
+        last = segment == len(worlds) - 1
+        steps = None if last else 3 + segment
+        count = 0
+        while steps is None or count < steps:
+            batches = [next(it, None) for it in iters]
+            if batches[0] is None:
+                assert all(b is None for b in batches)
+                break
+            seen += [i for b in batches for i in b]
+            count += 1
+        total_steps.append(count)
+        state = samplers[-1].state_dict()
+    assert sorted(seen) == list(range(len(lengths)))
+    assert len(samplers[0]) == sum(total_steps)
+
+
+def test_finished_epoch_state_resumes_to_nothing_then_next_epoch():
+    lengths = np.arange(1, 60)
+    sampler = PackedBatchSampler(lengths, 128, seed=2)
+    first = list(sampler)
+    state = sampler.state_dict()
+    assert state["step"] == len(first)
+    fresh = PackedBatchSampler(lengths, 128, seed=2)
+    fresh.load_state_dict(state)
+    fresh.set_epoch(0)  # the same epoch: keeps the loaded position (HF Trainer calls this)
+    assert list(fresh) == []
+    fresh.set_epoch(1)
+    reference = PackedBatchSampler(lengths, 128, seed=2)
+    reference.set_epoch(1)
+    assert list(fresh) == list(reference)
+
+
+def test_consumed_counts_what_the_loop_took():
+    lengths = np.arange(1, 80)
+    sampler = PackedBatchSampler(lengths, 128, seed=2)
+    full = list(PackedBatchSampler(lengths, 128, seed=2))
+    it = iter(sampler)
+    for _ in range(6):  # e.g. a loader that prefetched 6 while the loop consumed 4
+        next(it)
+    state = sampler.state_dict(consumed=4)
+    assert state["step"] == 4
+    with pytest.raises(ValueError, match="consumed=7 is more than the 6 batches"):
+        sampler.state_dict(consumed=7)
+    other = PackedBatchSampler(lengths, 128, seed=2)
+    other.load_state_dict(state)
+    assert list(other) == full[4:]
+
+
+def test_reconfiguring_mid_iteration_is_a_clear_error():
+    sampler = PackedBatchSampler(np.arange(1, 50), 64)
+    it = iter(sampler)
+    next(it)
+    sampler.set_epoch(1)
+    with pytest.raises(RuntimeError, match=r"reconfigured \(set_epoch\(1\) after epoch 0\) while this iteration"):
+        next(it)
+    it = iter(sampler)
+    next(it)
+    sampler.load_state_dict(sampler.state_dict())
+    with pytest.raises(RuntimeError, match="load_state_dict"):
+        next(it)
+    with pytest.raises(AttributeError, match="max_tokens is fixed at construction"):
+        sampler.max_tokens = 32
+    with pytest.raises(ValueError, match="set_epoch takes an int >= 0"):
+        sampler.set_epoch(-1)
+
+
+def test_rank_defaults_and_validation():
+    with pytest.raises(ValueError, match=r"num_replicas=4\) needs rank= too"):
+        PackedBatchSampler([1, 2], 8, num_replicas=4)
+    with pytest.raises(ValueError, match="rank=4 is out of range for num_replicas=4"):
+        PackedBatchSampler([1, 2], 8, num_replicas=4, rank=4)
+    s = PackedBatchSampler([1, 2], 8)
+    assert (s.num_replicas, s.rank) == (1, 0)
+
+
+# -- wrappers that deal batches themselves (Accelerate / HF Trainer) --------------------------
+@pytest.mark.parametrize("world", [1, 3, 4])
+def test_interleaved_under_accelerate_batch_sampler_shard(world):
+    from accelerate.data_loader import BatchSamplerShard, SkipBatchSampler
+
+    lengths = np.random.default_rng(5).integers(1, 100, size=257)
+    direct = [list(PackedBatchSampler(lengths, 200, num_replicas=world, rank=r, seed=1)) for r in range(world)]
+    glob = PackedBatchSampler(lengths, 200, num_replicas=world, rank=0, seed=1, interleaved=True)
+    assert len(glob) == world * len(direct[0])
+    for r in range(world):
+        shard = BatchSamplerShard(glob, num_processes=world, process_index=r)
+        assert len(shard) == len(direct[r])
+        assert list(shard) == direct[r]
+        assert list(SkipBatchSampler(shard, 3)) == direct[r][3:]  # the Trainer's resume path
+    # Under StatefulDataLoader the interleaved state counts whole steps.
+    it = iter(glob)
+    for _ in range(2 * world + 1):
+        next(it)
+    assert glob.state_dict()["step"] == 2
+
+
+def test_accelerate_prepare_and_set_epoch_reach_the_sampler():
+    from accelerate import Accelerator
+
+    examples, lengths = make_examples(60, seed=2)
+    sampler = PackedBatchSampler(lengths, 256, seed=3, interleaved=True)
+    loader = DataLoader(ListDataset(examples), batch_sampler=sampler, collate_fn=warppack.PackedCollator(256))
+    prepared = Accelerator(cpu=True).prepare(loader)
+    prepared.set_epoch(4)
+    assert sampler.epoch == 4
+    reference = PackedBatchSampler(lengths, 256, seed=3)
+    reference.set_epoch(4)
+    assert sum(b.num_sequences for b in prepared) == 60 and len(prepared) == len(reference)
+
+
+def test_skip_first_batches_resume_path():
+    examples, lengths = make_examples(120, seed=3)
+
+    def make():
+        sampler = PackedBatchSampler(lengths, 300, seed=3)
+        return DataLoader(ListDataset(examples), batch_sampler=sampler, collate_fn=warppack.PackedCollator(300))
+
+    check_skip_first_batches(make, set_epoch=lambda loader, e: loader.batch_sampler.set_epoch(e))
+
+
+# -- resume at every batch boundary (the shared harness) ---------------------------------------
+CASES = [(1, 64), (37, 128), (1000, 2048)]
+
+
+@pytest.mark.parametrize("n,max_tokens", CASES)
+def test_resume_every_boundary_single_process(n, max_tokens):
+    examples, lengths = make_examples(n, seed=n)
+    # rank 2 of 3, so splits and (for n=1) empty batches are on the resumed path too
+    check_resume(lambda: SamplerSession(examples, lengths, max_tokens=max_tokens, num_replicas=3, rank=2, seed=7),
+                 epochs=3)
+    check_resume(lambda: SamplerSession(examples, lengths, max_tokens=max_tokens, shuffle=False), epochs=2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n,max_tokens", CASES)
+def test_resume_every_boundary_stateful_dataloader_two_workers(n, max_tokens):
+    if StatefulDataLoader is None:
+        pytest.skip("torchdata is not installed (pip install torchdata)")
+    examples, lengths = make_examples(n, seed=n)
+    check_resume(lambda: sampler_stateful_session(examples, lengths, max_tokens=max_tokens, num_workers=2, seed=7),
+                 epochs=2)
+
+
+@pytest.mark.slow
+def test_resume_plain_dataloader_two_workers_with_consumed():
+    examples, lengths = make_examples(200, seed=1)
+    total = check_resume(lambda: SamplerSession(examples, lengths, max_tokens=1024, num_workers=2, seed=7),
+                         epochs=2, boundaries=[0, 1, 2, 5, 9], chain_every=0)
+    assert total > 9

