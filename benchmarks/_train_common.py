@@ -249,13 +249,8 @@ def build_model(arch: dict, *, device: torch.device, dtype: torch.dtype, max_pos
     config = LlamaConfig(pad_token_id=PAD_ID, bos_token_id=1, eos_token_id=2, hidden_act="silu",
                          initializer_range=0.02, use_cache=False, **arch)
     torch.manual_seed(seed)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = LlamaForCausalLM(config)
-    finally:
-        torch.set_default_dtype(previous)
+    with torch.device(device):
+        model = LlamaForCausalLM(config)  # fp32 init on the device, then cast (no global default dtype)
     model.to(dtype=dtype)
     model.set_attn_implementation(attn)
     return model
@@ -287,14 +282,27 @@ def load_trl(log: Callable = print) -> dict:
         mode = "trl with a stand-in `datasets` module (forced)"
     else:
         try:
-            import datasets  # noqa: F401
+            import datasets  # noqa: F401  (TRL imports it at module level)
         except Exception as error:  # noqa: BLE001
             log(f"datasets not importable ({type(error).__name__}: {error}); using a stand-in module for TRL")
             _install_datasets_stub()
             mode = f"trl with a stand-in `datasets` module ({type(error).__name__})"
-    from trl.data_utils import _pack_bfd
-    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+    try:
+        from trl.data_utils import _pack_bfd
+        from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+    except Exception as error:  # noqa: BLE001
+        # TRL imports peft when it is installed; a peft that does not match this transformers would
+        # break the import although packing and collation never touch it: retry without it.
+        import transformers.utils
 
+        log(f"TRL import failed ({type(error).__name__}: {str(error)[:200]}); retrying with peft hidden from TRL")
+        for name in [m for m in sys.modules if m == "trl" or m.startswith("trl.")]:
+            del sys.modules[name]
+        transformers.utils.is_peft_available = lambda: False
+        from trl.data_utils import _pack_bfd
+        from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+        mode += f"; peft hidden from TRL after: {type(error).__name__}: {str(error)[:120]}"
     return {"pack_bfd": _pack_bfd, "collator_cls": DataCollatorForLanguageModeling, "mode": mode,
             "version": _version("trl")}
 
@@ -592,9 +600,10 @@ def train_step(model, opt, inputs) -> torch.Tensor:
     return out.loss.detach()
 
 
-def free_memory(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
+def free_memory(device) -> None:
+    """Collect garbage and return cached blocks to the device (no-op off CUDA)."""
+    if device is not None and device.type == "cuda":
+        gc.collect()
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
 

@@ -86,6 +86,10 @@ def eval_arms(lengths, L, ds, budget, seed):
 
 def run(ctx, res: dict, data_dir, save) -> dict:
     args, log, device = ctx.args, ctx.log, ctx.device
+    if ctx.remaining() < (5 if ctx.smoke else 20):
+        for dist in args.distribution:
+            res[dist] = {"skipped": f"time budget: {ctx.remaining():.0f} s left"}
+        return res
     arch = C.SMOLLM2_TINY if ctx.smoke else C.SMOLLM2_135M
     model = C.build_model(arch, device=device, dtype=ctx.dtype, max_positions=8192, attn="warppack", seed=args.seed)
     model.eval()
@@ -115,6 +119,7 @@ def run(ctx, res: dict, data_dir, save) -> dict:
         names = list(arms)
         for i, name in enumerate(names):
             arm, size = arms[name], sizes[name]
+            C.free_memory(device)
             model.set_attn_implementation(arm.attn)
             epoch = arm.epoch(size)
             share = max(0.0, allowance - (time.perf_counter() - t_dist)) / (len(names) - i)
@@ -128,8 +133,8 @@ def run(ctx, res: dict, data_dir, save) -> dict:
                     d["arms"][name] = dict(name=arm.name, error="out of memory on the worst batch", batch=size)
                     continue
                 w, p = windows, per
-                while (w * p + warmup) * max(sec, 1e-3) > share and (w > 3 or p > 2):
-                    p, w = (p - 1, w) if p > 2 else (p, w - 1)
+                while (w * p + warmup) * max(sec, 1e-3) > share and (w > 3 or p > 1):
+                    p, w = (p - 1, w) if p > 1 else (p, w - 1)
                 positions = C.sample_positions(len(epoch), warmup + w * p, args.seed + 29, exclude=[i_worst])
                 timed = C.timed_windows(device, arm, size, [epoch[k] for k in positions],
                                         lambda inputs: score_step(model, inputs), warmup=warmup, windows=w, per=p)
@@ -163,7 +168,7 @@ def run(ctx, res: dict, data_dir, save) -> dict:
                 value=speed, limit=limit, goal=0.95 * limit, result="PASS" if speed >= 0.95 * limit else "FAIL")}
         ctx.units_left -= 1.5
         save()
-    del model
+    model = None  # noqa: F841 (frees the eval model)
     C.free_memory(device)
     return res
 

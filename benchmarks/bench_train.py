@@ -21,15 +21,30 @@ evaluation throughput (bench_eval.py: SmolLM2-135M architecture, forward-only sc
     python benchmarks/bench_train.py --smoke                     # CPU, tiny models, 1 step per arm
 
 Writes results.json, results.md, bench_log.txt and PNG plots into --out (default $OUT, else ./out).
+
+On the lent GPU (device tool; carry [".whl", ".carry"], timeout_s=600): .whl holds trl, datasets,
+dill and multiprocess wheels (pure Python; the image lacks them) and .carry/data the Wikipedia-512
+histogram (cp ../shared/data/wikipedia512_hist.txt .carry/data/):
+
+    python3 setup.py build_ext --inplace -q && python3 -m pip install -q --no-index --no-deps \
+      --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && \
+      export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 && \
+      python3 benchmarks/bench_train.py --out $OUT --time-budget $((540-SECONDS))
+
+--time-budget counts from the script's start; every piece shrinks its timed windows to the time left
+and is skipped (and reported as skipped) when too little is left, so the call ends inside its limit.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 import time
-from pathlib import Path
+
+_T_START = time.perf_counter()  # the time budget counts from here (imports of torch/transformers included)
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -69,8 +84,9 @@ def parse_args(argv=None):
                    help="calibrate_token_budget once (max_seq_len = the longest max_length) or per distribution")
     p.add_argument("--eval-tokens", type=int, default=65536, help="slot tokens per eval batch (all eval arms)")
     p.add_argument("--pipeline-workers", default="0,2")
-    p.add_argument("--time-budget", type=float, default=480.0,
-                   help="seconds this script may take; later arms shrink their timed windows to fit")
+    p.add_argument("--time-budget", type=float, default=450.0,
+                   help="seconds this script may take from its start (plots and the report included); later "
+                        "pieces shrink their timed windows to fit and are skipped when nothing is left")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--smoke", action="store_true", help="CPU smoke mode: tiny models, 1 step per arm")
@@ -93,15 +109,16 @@ def parse_args(argv=None):
 class Ctx:
     """Run-wide settings and state."""
 
-    def __init__(self, args, log):
+    def __init__(self, args, log, start=None):
         self.args, self.log = args, log
         self.smoke = args.smoke
         self.device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        self.t0 = time.perf_counter()
-        self.deadline = self.t0 + args.time_budget
+        self.t0 = time.perf_counter() if start is None else start
+        self.deadline = self.t0 + args.time_budget - (3 if args.smoke else 12)  # reserve: plots, report
         self.cap = None  # bytes of peak allocation allowed (GPU)
         self.units_left = 0.0
+        self.step_s = 0.0  # longest mean training step seen so far (seconds): what the next arm needs at least
 
     def remaining(self) -> float:
         return self.deadline - time.perf_counter()
@@ -177,6 +194,7 @@ def run_train_arm(ctx, model, opt, arm, *, size=None, prestage=False) -> dict:
                oom_search=0, oom_timed=0)
     t_start = time.perf_counter()
     allowance = ctx.allowance()
+    C.free_memory(device)  # every arm starts from an empty cache (no fragmentation carried over)
     model.set_attn_implementation(arm.attn)
     if size is None:
         size = 2 if arm.size_kind != "rows" else 1
@@ -197,8 +215,8 @@ def run_train_arm(ctx, model, opt, arm, *, size=None, prestage=False) -> dict:
     step_s = max(res["worst_batch"]["seconds"], 1e-3)
     windows, per = args.windows, args.steps_per_window
     left = allowance - (time.perf_counter() - t_start)
-    while (windows * per + args.warmup) * step_s > left and (windows > 3 or per > 2):
-        if per > 2:
+    while (windows * per + args.warmup) * step_s > left and (windows > 3 or per > 1):
+        if per > 1:
             per -= 1
         else:
             windows -= 1
@@ -294,7 +312,11 @@ def warppack_budget(ctx, model, opt, arm, max_seq_len: int, res_meta: dict) -> i
     if fn is not None and args.calibrate != "off":
         t = time.perf_counter()
         try:
-            budget = int(fn(model, optimizer=opt, max_seq_len=int(max_seq_len)))
+            import inspect
+
+            params = inspect.signature(fn).parameters
+            extra = {k: False for k in ("progress", "cache") if k in params}  # measure now, quietly
+            budget = int(fn(model, optimizer=opt, max_seq_len=int(max_seq_len), **extra))
             why = None
             res_meta.update(source="warppack.calibrate_token_budget", calibrate_seconds=time.perf_counter() - t,
                             max_seq_len=int(max_seq_len))
@@ -367,23 +389,43 @@ def _profile_steps(ctx, model, opt, get_batch, steps: int) -> dict:
     return out
 
 
-def pipeline_check(ctx, model, opt, dist, ds, lengths, budget) -> dict:
+def _epochs(loader, sampler):
+    """The loader's batches, epoch after epoch (set_epoch between), for as long as they are asked for."""
+    epoch = 0
+    while True:
+        yield from loader
+        epoch += 1
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+
+
+def pipeline_check(ctx, model, opt, dist, ds, lengths, budget, step_s=None) -> dict:
+    """torch.profiler over warppack's loader: host-to-device copies per step (minus the model's own,
+    measured on pre-staged batches) and the host time spent getting batches, num_workers 0 and 2."""
     args, device, log = ctx.args, ctx.device, ctx.log
     model.set_attn_implementation("warppack")
     steps = 1 if ctx.smoke else 8
     prof_steps = 1 if ctx.smoke else 4
+    nws = len(args.pipeline_workers)
+    if step_s and not ctx.smoke:  # fit the allowance: steps x step time + worker starts + profiler sessions
+        allowance = ctx.allowance(1.5)
+        cost = lambda s, p: step_s * (2 + p + nws * (2 + s + p)) + 3.0 * nws + 2.0 * (1 + nws)  # noqa: E731
+        while cost(steps, prof_steps) > allowance and (steps > 3 or prof_steps > 2):
+            steps, prof_steps = (steps - 1, prof_steps) if steps > 3 else (steps, prof_steps - 1)
+        if cost(steps, prof_steps) > max(0.0, ctx.remaining()):
+            return {"skipped": f"time budget: needs ~{cost(steps, prof_steps):.0f} s, {ctx.remaining():.0f} s left"}
     res = dict(budget=budget, steps_timed=steps, steps_profiled=prof_steps, configs={})
     collate = warppack.PackedCollator(budget)
     sampler, how = C.packed_sampler(lengths, budget, seed=args.seed + 1)
     res["sampler"] = how
     bins = [C._as_index_list(b) for b in sampler]
     # model-only baseline: batches already on the device (copies the model itself makes per step)
-    staged = [C.to_device(collate([ds[i] for i in b]), device) for b in bins[: prof_steps + 1]]
+    staged = [C.to_device(collate([ds[i] for i in bins[k % len(bins)]]), device) for k in range(prof_steps + 1)]
     it0 = iter(staged)
     C.train_step(model, opt, next(it0))
     base = _profile_steps(ctx, model, opt, lambda: next(it0), prof_steps)
     res["model_only"] = base
-    del staged, it0
+    staged = it0 = None  # noqa: F841 (frees the staged batches)
     for nw in args.pipeline_workers:
         cfg = {}
         t = time.perf_counter()
@@ -391,10 +433,10 @@ def pipeline_check(ctx, model, opt, dist, ds, lengths, budget) -> dict:
         loader = torch.utils.data.DataLoader(
             ds, batch_sampler=sampler, collate_fn=warppack.PackedCollator(budget), num_workers=nw,
             pin_memory=bool(nw and device.type == "cuda"), **({"prefetch_factor": 4} if nw else {}))
-        it = iter(loader)
+        batches = _epochs(loader, sampler)
 
         def get():
-            return C.to_device(next(it), device)
+            return C.to_device(next(batches), device)
 
         for _ in range(2):  # warm-up (includes starting the workers)
             C.train_step(model, opt, get())
@@ -405,7 +447,7 @@ def pipeline_check(ctx, model, opt, dist, ds, lengths, budget) -> dict:
         timer.mark()
         for _ in range(steps):
             t = time.perf_counter()
-            batch = next(it)
+            batch = next(batches)
             inputs = C.to_device(batch, device)
             data_s += time.perf_counter() - t
             tokens += batch.num_tokens
@@ -420,7 +462,8 @@ def pipeline_check(ctx, model, opt, dist, ds, lengths, budget) -> dict:
         cfg["batch_h2d_per_step"] = extra
         cfg["h2d_per_step"] = cfg["h2d"] / prof_steps
         cfg["batch_copies_pinned"] = (cfg["h2d_pinned"] - base["h2d_pinned"]) == (cfg["h2d"] - base["h2d"])
-        del it, loader
+        batches.close()  # shuts the workers down
+        loader = batches = None
         res["configs"][f"num_workers={nw}"] = cfg
         log(f"  pipeline {dist} num_workers={nw}: data share {cfg['data_share']:.2%}, H2D copies/step "
             f"{cfg['h2d_per_step']:.2f} (model itself {base['h2d'] / prof_steps:.2f}), "
@@ -496,7 +539,7 @@ def render_markdown(results: dict) -> str:
             lines.append("")
         cons = d.get("consistency") or {}
         if cons.get("loss"):
-            lines.append(f"Same 4 examples through every arm's collator and attention: losses "
+            lines.append("Same 4 examples through every arm's collator and attention: losses "
                          + ", ".join(f"{k}: {v:.5f}" for k, v in cons["loss"].items())
                          + f"; max relative deviation {cons['max_rel_dev']:.1e} "
                          + ("(ok)" if cons["ok"] else "(**MISMATCH**)") + f"; kernels {cons.get('backend')}.")
@@ -585,12 +628,13 @@ class Results:
 
 
 # ---------------------------------------------------------------------------------------------------
-def main(argv=None) -> int:
+def main(argv=None, start=None) -> int:
+    """``start``: the perf_counter() the time budget counts from (default: now)."""
     args = parse_args(argv)
     out = Path(args.out or os.environ.get("OUT") or "out")
     out.mkdir(parents=True, exist_ok=True)
     log = C.Log(out)
-    ctx = Ctx(args, log)
+    ctx = Ctx(args, log, start)
     device = ctx.device
     meta = C.env_info(device)
     meta.update(command="python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
@@ -602,7 +646,7 @@ def main(argv=None) -> int:
                     "Largest batch per arm: peak memory fitted from two probe steps (peak = a + c x slot tokens), "
                     f"cap = {args.mem_frac:.0%} of the memory torch can use, then the epoch's worst batch run for real.",
                 ])
-    started = time.perf_counter()
+    started = ctx.t0
     results = Results(out, meta)
 
     def save():
@@ -653,7 +697,7 @@ def main(argv=None) -> int:
         save()
 
         budgets = {}
-        shared_budget = None
+        shared_budget, shared_meta = None, {}
         datasets = {}
         for dist in args.distribution:
             lengths, L, desc = C.load_lengths(dist, args.num_seqs, data_dir=data_dir, max_len=maxlens[dist],
@@ -681,8 +725,10 @@ def main(argv=None) -> int:
             budget = None
             for key in [k for k in ARM_ORDER if k in arms]:
                 arm = arms[key]
-                if ctx.remaining() < (5 if ctx.smoke else 15):
-                    d["arms"][key] = dict(name=arm.name, skipped="time budget exhausted")
+                need = (5 if ctx.smoke else 10) + 12 * ctx.step_s  # probes + worst batch + 3 windows, at least
+                if ctx.remaining() < need:
+                    d["arms"][key] = dict(name=arm.name, skipped=f"time budget: {ctx.remaining():.0f} s left, "
+                                          f"needs ~{need:.0f} s")
                     ctx.units_left -= 1
                     continue
                 try:
@@ -691,11 +737,11 @@ def main(argv=None) -> int:
                             meta_b = {}
                             if shared_budget is not None and args.calibrate == "once":
                                 budget = shared_budget
-                                meta_b.update(budgets[args.distribution[0]], reused_from=args.distribution[0])
+                                meta_b.update(shared_meta, reused_from=shared_meta.get("dist"))
                             else:
                                 L_cal = max(maxlens[x] for x in args.distribution) if args.calibrate == "once" else L
                                 budget = warppack_budget(ctx, model, opt, arm, L_cal, meta_b)
-                                shared_budget = budget
+                                shared_budget, shared_meta = budget, dict(meta_b, dist=dist)
                             budget = max(budget, L)
                             meta_b["budget"] = budget
                             budgets[dist] = meta_b
@@ -715,6 +761,9 @@ def main(argv=None) -> int:
                     res["plan_seconds"] = arm.plan_seconds
                 d["arms"][key] = res
                 ctx.units_left -= 1
+                if res.get("windows"):
+                    ctx.step_s = max(ctx.step_s, sum(w["seconds"] for w in res["windows"])
+                                     / max(1, sum(w["steps"] for w in res["windows"])))
                 if "real_tokens_per_s" in res:
                     log(f"  arm {key} {arm.name}: size {res['size']}, {res['real_tokens_per_s']:,.0f} real tok/s, "
                         f"padding {res['epoch']['padding_fraction']:.1%}, worst-batch peak "
@@ -738,8 +787,13 @@ def main(argv=None) -> int:
                                         log=log)["6"]
                     budget = max(warppack_budget(ctx, model, opt, arm6, L, meta_b), L)
                     shared_budget = budget
+                a6 = results.data["train"].get(dist, {}).get("arms", {}).get("6", {})
+                step_s = None
+                if a6.get("windows"):
+                    step_s = sum(w["seconds"] for w in a6["windows"]) / max(1, sum(w["steps"] for w in a6["windows"]))
                 try:
-                    results.data["pipeline"][dist] = pipeline_check(ctx, model, opt, dist, ds, lengths, budget)
+                    results.data["pipeline"][dist] = pipeline_check(ctx, model, opt, dist, ds, lengths, budget,
+                                                                    step_s=step_s)
                 except Exception as error:  # noqa: BLE001
                     import traceback
 
@@ -777,4 +831,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(start=_T_START))

@@ -16,6 +16,10 @@ from pathlib import Path
 from typing import List
 
 
+SHORT = {"1": "pad to\nmax_length", "2": "dynamic\npadding", "3": "group_by\n_length", "4": "Flattening\ncollator",
+         "5": "TRL BFD\npadding-free", "6": "warppack", "7": "compute-only\nbound"}
+
+
 def _plt():
     import matplotlib
 
@@ -53,7 +57,7 @@ def plot(results_path: Path, out_dir: Path) -> List[Path]:
                 label = f"{v / 1e3:,.0f}k" + (f"\n{v / t7:.2f}×(7)" if t7 else "")
                 ax.annotate(label, (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=8)
             ax.set_xticks(range(len(keys)))
-            ax.set_xticklabels([f"{k}\n{d['arms'][k]['name'][:18]}" for k in keys], fontsize=7)
+            ax.set_xticklabels([f"{k}\n{SHORT.get(k, k)}" for k in keys], fontsize=7)
             ax.set_ylabel("real (non-padding) tokens/s, median")
             ax.set_title(f"training: {dist} (max_length {d.get('max_length')})", fontsize=10)
             ax.margins(y=0.18)
@@ -74,7 +78,7 @@ def plot(results_path: Path, out_dir: Path) -> List[Path]:
             ax2 = ax.twinx()
             ax2.bar([i + 0.2 for i in range(len(keys))], pads, width=0.4, color="#ff7f0e", label="padding %")
             ax.set_xticks(range(len(keys)))
-            ax.set_xticklabels([f"{k}\n{d['arms'][k]['name'][:18]}" for k in keys], fontsize=7)
+            ax.set_xticklabels([f"{k}\n{SHORT.get(k, k)}" for k in keys], fontsize=7)
             ax.set_ylabel("peak allocated GiB")
             ax2.set_ylabel("padding % of processed tokens")
             ax2.set_ylim(0, 100)

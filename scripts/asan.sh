@@ -20,6 +20,11 @@ WARPPACK_SANITIZE=address "$python" setup.py -q build_ext \
     --build-temp "$work/build-temp" --build-lib "$work/lib" --force >"$work/build.log" 2>&1 \
     || { cat "$work/build.log"; exit 1; }
 
+if ! nm -D "$work"/lib/warppack/_packer*.so | grep -q __asan_init; then
+    echo "the extension was built without AddressSanitizer instrumentation" >&2
+    exit 1
+fi
+
 mkdir -p "$work/pkg/warppack" "$work/tests"
 cp warppack/*.py warppack/py.typed "$work/pkg/warppack/"
 cp "$work"/lib/warppack/_packer*.so "$work/pkg/warppack/"

@@ -16,7 +16,6 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from warppack._calibration import pessimistic_lengths
 from warppack._memory import DeviceMemory
 
 
@@ -36,6 +35,15 @@ class SimulatedDevice(DeviceMemory):
     def need(self, lengths: Sequence[int]) -> float:
         return (self.static + self.per_token * sum(lengths) + self.per_square * sum(n * n for n in lengths)
                 + self.per_sequence * len(lengths))
+
+    def need_at_budget(self, budget: int, max_seq_len: int, *, short_len: int = 16) -> float:
+        """The worst ``need`` over the calibrator's pessimistic batches, in closed form (fast for huge budgets)."""
+        def shape(size: int) -> float:
+            count, rest = divmod(budget, size)
+            return self.static + self.per_token * budget + self.per_square * (count * size * size + rest * rest) \
+                + self.per_sequence * (count + (rest > 0))
+        single = self.need([min(max_seq_len, budget)])
+        return max(shape(max_seq_len), shape(min(short_len, max_seq_len)), single)
 
     def fits(self, lengths: Sequence[int], limit: Optional[float] = None) -> bool:
         return self.need(lengths) <= (self.total_bytes if limit is None else limit)
@@ -66,8 +74,12 @@ class SimulatedDevice(DeviceMemory):
 
         def pre(module, args, kwargs):
             self.forwards += 1
-            cu = kwargs["cu_seq_lens_q"].tolist()
-            lengths = [b - a for a, b in zip(cu, cu[1:]) if b > a]
+            if "cu_seq_lens_q" in kwargs:
+                cu = kwargs["cu_seq_lens_q"].tolist()
+                lengths = [b - a for a, b in zip(cu, cu[1:]) if b > a]
+            else:  # an ordinary [batch, length] forward (check_model's probes)
+                rows, length = kwargs["input_ids"].shape
+                lengths = [length] * rows
             need = state["need"] = self.need(lengths)
             self._peak = max(self._peak, min(need, self.total_bytes))
             if need > self.total_bytes and phase == "forward":
@@ -96,7 +108,7 @@ class SimulatedDevice(DeviceMemory):
         limit = (1 - headroom) * self.total_bytes
 
         def ok(budget: int) -> bool:
-            return all(self.fits(s, limit) for s in pessimistic_lengths(budget, max_seq_len, short_len=short_len))
+            return self.need_at_budget(budget, max_seq_len, short_len=short_len) <= limit
 
         lo, hi = 0, 1
         while ok(hi * granularity):
@@ -126,5 +138,5 @@ class ToyLM(torch.nn.Module):
         out = {"logits": logits}
         if labels is not None:
             out["loss"] = torch.nn.functional.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+                logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
         return out

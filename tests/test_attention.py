@@ -11,7 +11,7 @@ import warppack
 from warppack import _attention as A
 
 
-def reference(q, k, v, lengths, *, causal=True, window=None, softcap=None, sinks=None):
+def reference(q, k, v, lengths, *, causal=True, window=None, softcap=None, sinks=None, scale=None):
     """Per-sequence attention in float64, written out independently of warppack."""
     outs, start = [], 0
     groups = q.shape[1] // k.shape[1]
@@ -20,7 +20,7 @@ def reference(q, k, v, lengths, *, causal=True, window=None, softcap=None, sinks
             continue
         qs, ks, vs = (x[start:start + n].double().transpose(0, 1) for x in (q, k, v))
         ks, vs = ks.repeat_interleave(groups, 0), vs.repeat_interleave(groups, 0)
-        scores = qs @ ks.transpose(-1, -2) * q.shape[-1] ** -0.5
+        scores = qs @ ks.transpose(-1, -2) * (scale or q.shape[-1] ** -0.5)
         if softcap is not None:
             scores = torch.tanh(scores / softcap) * softcap
         i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
@@ -148,6 +148,67 @@ def test_dispatch_never_picks_a_kernel_lacking_a_feature(fake_cuda):
     assert choose(q, sinks=torch.zeros(4)) == "exact_segments"
     assert choose(types.SimpleNamespace(is_cuda=True, dtype=torch.float32, shape=(8, 4, 64))) == "exact_segments"
     assert choose(types.SimpleNamespace(is_cuda=True, dtype=torch.bfloat16, shape=(8, 4, 12))) == "exact_segments"
+
+
+def fake_varlen_211(query, key, value, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1),
+                    enable_gqa=False):
+    """torch >= 2.11 semantics on CPU: a *list* window_size would silently be non-causal."""
+    assert type(window_size) is tuple and cu_q.dtype == torch.int32
+    assert enable_gqa or query.shape[1] == key.shape[1]
+    lengths = (cu_q[1:] - cu_q[:-1]).tolist()
+    left, right = window_size
+    return reference(query, key, value, lengths, causal=right == 0, window=None if left < 0 else left + 1, scale=scale)
+
+
+def fake_varlen_210(query, key, value, cu_q, cu_k, max_q, max_k, is_causal=False, return_aux=None):
+    """torch 2.10 semantics: is_causal, no window, no GQA, no scale argument."""
+    assert query.shape[1] == key.shape[1]
+    return reference(query, key, value, (cu_q[1:] - cu_q[:-1]).tolist(), causal=is_causal)
+
+
+@pytest.mark.parametrize("fake", [fake_varlen_211, fake_varlen_210], ids=["torch2.11", "torch2.10"])
+def test_torch_varlen_call_is_built_from_its_signature(monkeypatch, fake):
+    monkeypatch.setattr(A, "_fused_ok", lambda q: True)
+    monkeypatch.setattr(A, "_FOUND", {"flash_attn": None, "torch_varlen": A._describe_torch_varlen(fake),
+                                      "aten_flash": None})
+    lengths = [3, 1, 6]
+    q, k, v = qkv(10, hq=4, hkv=2)
+    for window in (None, 3) if fake is fake_varlen_211 else (None,):
+        out = warppack.varlen_attention(q, k, v, cu_of(lengths).long(), scale=0.3, sliding_window=window)
+        assert warppack.attention_backend() == "torch_varlen"
+        torch.testing.assert_close(out, reference(q, k, v, lengths, window=window, scale=0.3), rtol=1e-5, atol=1e-6)
+
+
+def fake_aten(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p, is_causal, return_debug_mask, *, scale=None,
+              window_size_left=None, window_size_right=None):
+    assert q.shape[1] == k.shape[1] and dropout_p == 0.0  # no GQA in this op: heads must be expanded
+    window = None if window_size_left is None else window_size_left + 1
+    out = reference(q, k, v, (cu_q[1:] - cu_q[:-1]).tolist(), causal=is_causal, window=window, scale=scale)
+    return out, None, None, None, None
+
+
+def fake_flash(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p=0.0, softmax_scale=None, causal=False,
+               window_size=(-1, -1), softcap=0.0):
+    window = None if window_size[0] < 0 else window_size[0] + 1
+    return reference(q, k, v, (cu_q[1:] - cu_q[:-1]).tolist(), causal=causal, window=window,
+                     softcap=softcap or None, scale=softmax_scale)
+
+
+@pytest.mark.parametrize("kernel", ["aten_flash", "flash_attn"])
+def test_flash_calls_are_built_right(monkeypatch, kernel):
+    monkeypatch.setattr(A, "_fused_ok", lambda q: True)
+    found = {"flash_attn": None, "torch_varlen": None, "aten_flash": None}
+    found[kernel] = (fake_aten if kernel == "aten_flash" else fake_flash, True)
+    monkeypatch.setattr(A, "_FOUND", found)
+    lengths = [3, 1, 6]
+    q, k, v = qkv(10, hq=4, hkv=2)
+    for window, softcap in ((None, None), (3, None), (3, 2.0)):
+        if softcap and kernel == "aten_flash":
+            continue
+        out = warppack.varlen_attention(q, k, v, cu_of(lengths), scale=0.3, sliding_window=window, softcap=softcap)
+        assert warppack.attention_backend() == kernel
+        expected = reference(q, k, v, lengths, window=window, softcap=softcap, scale=0.3)
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_forced_backend_raises_instead_of_approximating():

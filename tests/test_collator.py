@@ -168,3 +168,14 @@ def test_unpack_validates_bounds():
         unpack(x, torch.tensor([0, 3, 2]))
     with pytest.raises(ValueError, match="packed length 5"):
         unpack(x, torch.tensor([0, 9]))
+
+
+def test_trainers_may_add_flags_and_replace_tensors():
+    batch = PackedCollator()([{"input_ids": [1, 2, 3]}])
+    batch["use_cache"] = False  # what TRL's SFTTrainer does before the forward
+    assert batch["use_cache"] is False and batch.storage_ptr() is not None
+    batch["labels"] = batch["labels"].clone()
+    assert batch.storage_ptr() is None  # detached: moves now go tensor by tensor
+    assert batch.to("cpu")["use_cache"] is False
+    with pytest.raises(KeyError, match="part of the packed layout"):
+        del batch["input_ids"]

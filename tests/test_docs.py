@@ -78,7 +78,11 @@ def test_mkdocs_build_strict(tmp_path):
 
     # the API reference documents every exported name
     api = (site / "api" / "index.html").read_text()
-    undocumented = [name for name in warppack.__all__ if not name.startswith("__") and f'id="warppack.{name}"' not in api]
+    undocumented = [
+        name
+        for name in warppack.__all__
+        if not name.startswith("__") and not re.search(rf'id="warppack(\._\w+)?\.{name}"', api)
+    ]
     assert not undocumented, f"docs/api.md renders no entry for {undocumented}"
     if missing:
         pytest.skip(f"mkdocs.yml's nav names pages not written yet: {', '.join('docs/' + p for p in missing)} "

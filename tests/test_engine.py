@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -13,7 +15,7 @@ import reference_packer as ref
 
 STRATEGY = {"bfd": 0, "ffd": 1, "online": 2}
 OVERLONG = {"error": 0, "truncate": 1, "split": 2}
-FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def run_plan(lengths, max_tokens, strategy="bfd", max_seqs=0, overlong="error", buffer_size=1,
@@ -98,6 +100,15 @@ def test_first_fit_tree_grows_past_initial_size():
     for strategy in ("ffd", "bfd"):
         got = as_bins(run_plan(lengths, 100, strategy, max_seqs=2))
         assert got == ref.plan(lengths.tolist(), 100, strategy, max_seqs=2)
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGY))
+def test_medium_plans_match_reference(strategy):
+    lengths = np.random.default_rng(4).lognormal(4.5, 1.0, size=2500).astype(np.int64).clip(1, None)
+    for overlong, max_seqs in (("split", 0), ("truncate", 4)):
+        case = dict(lengths=lengths.tolist(), max_tokens=384, strategy=strategy, max_seqs=max_seqs,
+                    overlong=overlong, buffer_size=32, shuffle=True, seed=11)
+        assert as_bins(run_plan(**case)) == ref.plan(**case)
 
 
 def test_shuffle_is_deterministic_and_only_reorders_bins():
@@ -214,6 +225,18 @@ def test_online_packer_matches_reference_and_resumes(case, buffer_size, max_seqs
     assert flat == list(range(len(lengths)))  # exactly once
     assert all(sum(lengths[k] for k in b) <= max_tokens for b in expected)
     assert len(packer) == 0 and packer.flush() == []
+
+
+def test_online_packer_pickles_with_its_window():
+    packer = _packer.OnlinePacker(100, 3, 5)
+    for key, length in enumerate([40, 70, 10, 90, 35]):
+        packer.push(key, length)
+    clone = pickle.loads(pickle.dumps(packer))
+    assert repr(clone) == repr(packer)
+    assert clone.pending().tolist() == packer.pending().tolist()
+    for key, length in enumerate([60, 20, 80, 5], start=10):
+        assert [b.tolist() for b in clone.push(key, length)] == [b.tolist() for b in packer.push(key, length)]
+    assert [b.tolist() for b in clone.flush()] == [b.tolist() for b in packer.flush()]
 
 
 def test_online_packer_errors_and_repr():

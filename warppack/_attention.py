@@ -74,8 +74,12 @@ def _find_torch_varlen():
         from torch.nn.attention.varlen import varlen_attn
     except ImportError:
         return None
-    params = inspect.signature(varlen_attn).parameters  # 2.10: (..., is_causal, return_aux) only
-    return varlen_attn, "window_size" in params, "enable_gqa" in params, "scale" in params
+    return _describe_torch_varlen(varlen_attn)
+
+
+def _describe_torch_varlen(fn):
+    params = inspect.signature(fn).parameters  # 2.10: (..., is_causal, return_aux) only
+    return fn, "window_size" in params, "enable_gqa" in params, "scale" in params
 
 
 def _find_aten_flash():
@@ -116,11 +120,15 @@ def _torch_varlen_mode(has_window_size: bool, *, causal: bool, window: int | Non
     return {"is_causal": causal}
 
 
+def _fused_ok(q) -> bool:
+    # What every FlashAttention-2 build needs: CUDA, half precision, head_dim a multiple of 8 up to 256.
+    return q.is_cuda and q.dtype in _HALF and q.shape[-1] % 8 == 0 and q.shape[-1] <= 256
+
+
 def _can_run(name, q, k, *, window, softcap, dropout, sinks) -> bool:
     if name in ("exact_segments", "exact_block_diagonal"):
         return True
-    fused = q.is_cuda and q.dtype in _HALF and q.shape[-1] % 8 == 0 and q.shape[-1] <= 256
-    if not fused or sinks is not None:
+    if not _fused_ok(q) or sinks is not None:
         return False
     if name == "flash_attn":
         found = _kernels()["flash_attn"]
@@ -168,10 +176,13 @@ def varlen_attention(query, key, value, cu_seqlens_q, cu_seqlens_k=None, max_seq
         fn = _exact_block_diagonal if name == "exact_block_diagonal" else _exact_segments
         return fn(query, key, value, cu_seqlens_q, cu_k, causal=causal, scale=scale, window=sliding_window,
                   softcap=softcap, dropout=dropout, sinks=sinks)
-    cu_q = cu_seqlens_q.to(device=query.device, dtype=torch.int32)
-    cu_k = cu_q if cu_k is cu_seqlens_q else cu_k.to(device=query.device, dtype=torch.int32)
-    max_q = int(query.shape[0] if max_seqlen_q is None else max_seqlen_q)
-    max_k = int(key.shape[0] if max_seqlen_k is None else max_seqlen_k)
+    if _compiling():  # static shapes: no host sync, the caller's bound (static_shape: the budget) stays
+        cu_q = cu_seqlens_q.to(device=query.device, dtype=torch.int32)
+        cu_k = cu_q if cu_k is cu_seqlens_q else cu_k.to(device=query.device, dtype=torch.int32)
+        max_q = int(query.shape[0] if max_seqlen_q is None else max_seqlen_q)
+        max_k = int(key.shape[0] if max_seqlen_k is None else max_seqlen_k)
+    else:  # eager: empty segments dropped, real longest segment; once per cu tensor, not per layer
+        cu_q, cu_k, max_q, max_k = _tight.get(cu_seqlens_q, cu_k, query, key)
     if name == "flash_attn":
         fn = _kernels()["flash_attn"][0]
         left = -1 if sliding_window is None else sliding_window - 1
@@ -245,6 +256,57 @@ class _HostCache:
 
 
 _cu_host, _cu_host_k, _posid_cache = _HostCache(), _HostCache(), _HostCache()
+
+
+class _TightSegments:
+    """Eager fused path: cu_seqlens without empty segments and the real longest segment, per (cu_q, cu_k).
+
+    The fused kernels launch ``segments x ceil(max_seqlen / block) x heads`` blocks (and size backward
+    buffers by them): a static_shape batch (max_length = the whole budget, hundreds of empty tail
+    segments) launched ~1000x more blocks than needed, in every layer, forward and backward. One host
+    read of cu_seqlens per batch (every layer passes the same tensors; cached on their identity and
+    version) gives the tight values; the kernels' autograd saves them, so backward needs nothing more.
+    """
+
+    def __init__(self):
+        self._refs, self._versions, self._value = None, None, None
+
+    def get(self, cu_q, cu_k, query, key):
+        if (self._refs is not None and self._refs[0]() is cu_q and self._refs[1]() is cu_k
+                and self._versions == (cu_q._version, cu_k._version)
+                and self._value[0].device == query.device):
+            return self._value
+        both = cu_q if cu_k is cu_q else torch.stack([cu_q.reshape(-1), cu_k.reshape(-1).to(cu_q.dtype)])
+        host = both.tolist()  # the one device->host read per batch
+        hq, hk = (host, host) if cu_k is cu_q else host
+        if hq[0] != 0 or hk[0] != 0 or hq[-1] != query.shape[0] or hk[-1] != key.shape[0] or len(hq) != len(hk):
+            raise ValueError(
+                f"cu_seqlens must run from 0 to the token count: got {hq[0]}..{hq[-1]} for {query.shape[0]} "
+                f"query tokens and {hk[0]}..{hk[-1]} for {key.shape[0]} key tokens; pass the "
+                "cu_seq_lens_q/k of the same PackedBatch as input_ids")
+        keep = [0] + [i for i in range(1, len(hq)) if hq[i] != hq[i - 1] or hk[i] != hk[i - 1]]
+        if len(keep) == 1:
+            keep.append(len(hq) - 1)  # no tokens at all: one empty segment keeps the kernels' shapes valid
+        tq, tk = [hq[i] for i in keep], [hk[i] for i in keep]
+        max_q = max(max(b - a for a, b in zip(tq[:-1], tq[1:])), 1)
+        max_k = max(max(b - a for a, b in zip(tk[:-1], tk[1:])), 1)
+        dev = query.device
+        if len(keep) == len(hq) and cu_q.device == dev and cu_q.dtype == torch.int32:
+            new_q = cu_q  # nothing dropped: no copy
+        else:
+            new_q = torch.tensor(tq, dtype=torch.int32, device=dev)
+        if cu_k is cu_q or tk == tq:
+            new_k = new_q
+        elif len(keep) == len(hk) and cu_k.device == dev and cu_k.dtype == torch.int32:
+            new_k = cu_k
+        else:
+            new_k = torch.tensor(tk, dtype=torch.int32, device=dev)
+        self._refs, self._versions = (weakref.ref(cu_q), weakref.ref(cu_k)), (cu_q._version, cu_k._version)
+        self._value = (new_q, new_k, max_q, max_k)
+        return self._value
+
+
+_tight = _TightSegments()
 
 
 def _exact_segments(q, k, v, cu_q, cu_k, **kw):

@@ -117,6 +117,20 @@ class PackedBatch(Mapping):
     def __len__(self) -> int:
         return len(self._data)
 
+    def __setitem__(self, key: str, value: Any) -> None:
+        # Trainers add flags such as ``use_cache=False`` before the forward (TRL's SFTTrainer does).
+        # Replacing one of the packed tensors detaches the batch from its single buffer, so later
+        # moves copy tensor by tensor instead of copying a buffer that no longer matches.
+        if key in TENSOR_KEYS:
+            self._buffer = None
+            self._layout = None
+        self._data[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        if key in TENSOR_KEYS or key in _INT_KEYS:
+            raise KeyError(f"{key!r} is part of the packed layout and cannot be removed")
+        del self._data[key]
+
     def __getattr__(self, name: str) -> Any:
         # Attribute access to keys (batch.input_ids), as BatchEncoding allows.
         data = self.__dict__.get("_data")

@@ -14,7 +14,6 @@ restored exactly afterwards (:class:`~warppack._memory.TrainingSnapshot`, a copy
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import numbers
@@ -208,13 +207,14 @@ def _batch(lengths: Sequence[int], budget: int, collator: Optional[PackedCollato
 def _vocab_size(model: torch.nn.Module) -> int:
     config = getattr(model, "config", None)
     vocab = getattr(config, "vocab_size", None)
-    if vocab is None and hasattr(model, "get_input_embeddings"):
-        vocab = model.get_input_embeddings().num_embeddings
+    embeddings = getattr(model, "get_input_embeddings", None)
+    if vocab is None and callable(embeddings):
+        vocab = embeddings().num_embeddings
     return int(vocab or 2)
 
 
 def _check_fraction(value: Any, name: str, example: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < float(value) < 1:
         raise ValueError(f"{name} must be a fraction strictly between 0 and 1, got {value!r}; pass e.g. {example}")
     return float(value)
 
@@ -320,7 +320,19 @@ def calibrate(model, *, max_seq_len, accelerator=None, optimizer=None, collator=
                                                      enabled=progress) as bar:
         model.train()
         # One small step first: creates optimizer state and lazy buffers, so every probe sees them.
-        step(_batch([min(short_len, max_seq_len)], start, collator, vocab, device))
+        warmup = min(short_len, max_seq_len)
+        error = None
+        try:
+            step(_batch([warmup], start, collator, vocab, device))
+        except Exception as exc:  # noqa: BLE001 - only OOM is handled, below
+            if not is_oom_error(exc):
+                raise
+            error = str(exc).strip().splitlines()[0][:300]
+        if all_ranks_max([error is not None])[0]:  # every rank raises, none is left waiting
+            raise RuntimeError(
+                f"calibrate_token_budget: a training step on {warmup} tokens already runs out of memory on "
+                f"{memory.name} ({error or 'on another rank'}): the weights, gradients and optimizer state "
+                f"alone do not fit. Use a lighter optimizer, lower precision, or shard the model")
 
         def on_probe(entry: dict) -> None:
             bar.update(1)

@@ -46,6 +46,7 @@ def _version(package: str) -> Optional[str]:
 def _model_identity(model: torch.nn.Module) -> dict:
     params = list(model.parameters())
     config = getattr(model, "config", None)
+    described: Any
     if config is not None and hasattr(config, "to_dict"):
         described = {k: v for k, v in config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
     else:  # a plain nn.Module: its parameter shapes are its architecture as far as memory goes
@@ -57,9 +58,16 @@ def _model_identity(model: torch.nn.Module) -> dict:
         "parameters": sum(p.numel() for p in params),
         "trainable_parameters": sum(p.numel() for p in params if p.requires_grad),
         "dtypes": sorted({str(p.dtype) for p in params}),
-        "gradient_checkpointing": bool(getattr(model, "is_gradient_checkpointing", False)),
+        "gradient_checkpointing": _checkpointing(model),
         "attn_implementation": getattr(config, "_attn_implementation", None),
     }
+
+
+def _checkpointing(model: torch.nn.Module) -> bool:
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):  # transformers renamed it
+        if hasattr(type(model), name) or name in vars(model):
+            return bool(getattr(model, name))
+    return False
 
 
 def _optimizer_identity(optimizer: Any) -> Optional[dict]:

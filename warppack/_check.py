@@ -2,7 +2,7 @@
 
 Three short random sequences go through the model once packed (with the keys your batches carry)
 and once each alone; if the packed outputs differ, a few variants of the probe find the likely
-cause and ``ContaminationError`` names it with the fix. Cost: four to eight forwards of ~20 tokens.
+cause and ``ContaminationError`` names it with the fix. Cost: eight forwards of 3 to 15 tokens.
 
 >>> import transformers, warppack
 >>> config = transformers.LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32,

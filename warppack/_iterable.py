@@ -29,7 +29,6 @@ from itertools import islice
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
-import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from warppack import _packer
@@ -42,6 +41,8 @@ _FORMAT = "warppack.PackedIterableDataset/1"
 _CHECKED = ("max_tokens", "buffer_size", "seed", "shuffle", "max_seqs_per_bin", "overlong", "num_examples",
             "lengths_fingerprint")
 _END = object()
+_FROZEN = frozenset(("source", "max_tokens", "buffer_size", "collator", "lengths", "shuffle", "seed",
+                     "max_seqs_per_bin", "overlong", "num_replicas", "rank", "num_workers"))
 
 
 def _self_sharding(source: Any) -> bool:
@@ -360,12 +361,21 @@ class PackedIterableDataset(IterableDataset):
         self._warned = False
         self._fingerprint: Optional[str] = None
         self._counts_cache: Optional[tuple] = None
+        self._order_cache: Optional[tuple] = None
+        self._frozen = True
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _FROZEN and self.__dict__.get("_frozen"):
+            raise AttributeError(
+                f"PackedIterableDataset.{name} is fixed at construction (the split, len() and saved states "
+                f"depend on it); build a new PackedIterableDataset with {name}={value!r}"
+            )
+        object.__setattr__(self, name, value)
 
     def __getstate__(self) -> Dict[str, Any]:
         # The live stream holds iterators and a native packer: workers start their own.
         state = self.__dict__.copy()
-        state["_live"] = None
-        state["_counts_cache"] = None
+        state.update(_live=None, _counts_cache=None, _order_cache=None)
         return state
 
     # -- epochs ------------------------------------------------------------------------------
@@ -386,9 +396,13 @@ class PackedIterableDataset(IterableDataset):
         self._version += 1
 
     def _order(self, epoch: int) -> Optional[np.ndarray]:
+        """Source index of each position this epoch (None: positions are indices)."""
         if not self.shuffle:
             return None
-        return np.random.default_rng([self.seed % 2**64, epoch, 0]).permutation(len(self.source))
+        if self._order_cache is None or self._order_cache[0] != epoch:
+            rng = np.random.default_rng([self.seed % 2**64, epoch, 0])
+            self._order_cache = (epoch, rng.permutation(len(self.source)))
+        return self._order_cache[1]
 
     # -- equal steps from known lengths ------------------------------------------------------
     def _shard_counts(self, epoch: int, workers: int) -> np.ndarray:

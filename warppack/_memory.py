@@ -7,7 +7,9 @@ Three kinds of things live here, each tiny and testable on its own:
   memory, the peak since a reset). :class:`CudaMemory` reads the CUDA caching allocator; tests
   subclass it with a simulated device, so the real search code runs on CPU unchanged;
 * rank agreement: :func:`all_ranks_max` (element-wise MAX over ranks, identity without a process
-  group), so every rank takes the same branch of a retry loop.
+  group), so every rank takes the same branch of a retry loop;
+* :class:`TrainingSnapshot`: what a measuring step changes (weights, gradients, optimizer state,
+  RNG), kept in host memory and restored bit for bit.
 
 >>> import torch
 >>> is_oom_error(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
@@ -19,7 +21,7 @@ False
 from __future__ import annotations
 
 import gc
-from typing import List, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -182,9 +184,11 @@ class TrainingSnapshot:
 
         self.model, self.training = model, model.training
         self.tensors = [(t, _host(t)) for t in list(model.parameters()) + list(model.buffers())]
-        self.grads = [(p, None if p.grad is None else _host(p.grad)) for p in model.parameters()]
-        self.optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the real one
-        self.state, self.groups = {}, []
+        self.grads: List[Tuple[torch.Tensor, Optional[torch.Tensor]]] = [
+            (p, None if p.grad is None else _host(p.grad)) for p in model.parameters()]
+        self.optimizer: Any = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the real one
+        self.state: Dict[Any, Dict[str, Tuple[Any, Any]]] = {}
+        self.groups: List[Dict[str, Any]] = []
         if self.optimizer is not None:
             self.state = {p: {k: (_host(v), v.device) if torch.is_tensor(v) else (_deepcopy(v), None)
                               for k, v in s.items()} for p, s in self.optimizer.state.items()}
@@ -205,28 +209,28 @@ class TrainingSnapshot:
 
         import numpy as np
 
-        for tensor, saved in self.tensors:
-            tensor.copy_(saved)
-        for p, saved in self.grads:
-            p.grad = None if saved is None else saved.to(p.device)
+        for tensor, copy in self.tensors:
+            tensor.copy_(copy)
+        for p, grad in self.grads:
+            p.grad = None if grad is None else grad.to(p.device)
         if self.optimizer is not None:
             state = self.optimizer.state
             for p in [p for p in state if p not in self.state]:
                 del state[p]  # state the probes created (the usual case: calibrate before training)
-            for p, saved in self.state.items():
+            for p, entries in self.state.items():
                 current = state[p]
-                for k in [k for k in current if k not in saved]:
+                for k in [k for k in current if k not in entries]:
                     del current[k]
-                for k, (value, device) in saved.items():
+                for k, (value, device) in entries.items():
                     old = current.get(k)
                     if device is not None and torch.is_tensor(old) and old.shape == value.shape:
                         old.copy_(value)
                     else:
                         current[k] = value.to(device) if device is not None else _deepcopy(value)
-            for group, saved in zip(self.optimizer.param_groups, self.groups):
-                for k in [k for k in group if k != "params" and k not in saved]:
+            for group, hyper in zip(self.optimizer.param_groups, self.groups):
+                for k in [k for k in group if k != "params" and k not in hyper]:
                     del group[k]
-                group.update({k: _deepcopy(v) for k, v in saved.items()})
+                group.update({k: _deepcopy(v) for k, v in hyper.items()})
         random.setstate(self.rng[0])
         np.random.set_state(self.rng[1])
         torch.set_rng_state(self.rng[2])

@@ -165,8 +165,11 @@ class OOMGuard:
         total, done = None, 0
         while queue:
             part = queue.popleft()
-            micro = batch if part is None else sequences.build(*part)
-            weight = 1.0 if part is None else sequences.weight(*part, reduction)
+            if part is None:
+                micro, weight = batch, 1.0
+            else:
+                assert sequences is not None
+                micro, weight = sequences.build(*part), sequences.weight(part[0], part[1], reduction)
             loss = self._attempt(step_fn, micro, weight, params)
             if loss is not None:
                 total, done = (loss if total is None else total + loss), done + 1
@@ -187,6 +190,7 @@ class OOMGuard:
             logger.warning("warppack OOMGuard: out of memory on %d tokens (%d sequences); running them as "
                            "two micro-batches of %d and %d sequences", size, end - start, mid - start, end - mid)
         self.splits += done - 1
+        assert total is not None  # at least one micro-batch ran (or an error was raised)
         self._agree_on_budget(failed_at)
         if sync_gradients and world_size() > 1 and unwrap_ddp(self.model) is not self.model:
             _average_gradients(params)

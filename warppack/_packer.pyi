@@ -54,7 +54,9 @@ class OnlinePacker:
         """Keys in the window, in push order."""
     def pending_lengths(self) -> Int64Array:
         """Lengths of ``pending()``, same order."""
-    def __len__(self) -> int: ...
+    def __len__(self) -> int:
+        """Number of pending items."""
+    def __reduce__(self) -> tuple: ...
     @property
     def max_tokens(self) -> int: ...
     @property

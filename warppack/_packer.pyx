@@ -18,7 +18,7 @@ from cpython.buffer cimport (
 )
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport int32_t, int64_t, uint64_t
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy
 from libcpp.vector cimport vector
 
 __all__ = ["OnlinePacker", "plan_lengths", "write_layout"]
@@ -39,7 +39,7 @@ cdef int _lengths_bits(object lengths) except -1:
     if not isinstance(lengths, np.ndarray):
         raise TypeError(f"lengths must be a C-contiguous 1-D int32 or int64 numpy array, "
                         f"got {_describe(lengths)}{hint}")
-    if lengths.dtype != np.int32 and lengths.dtype != np.int64 or not lengths.dtype.isnative:
+    if (lengths.dtype != np.int32 and lengths.dtype != np.int64) or not lengths.dtype.isnative:
         raise TypeError(f"lengths must be a C-contiguous 1-D int32 or int64 array, "
                         f"got {_describe(lengths)}{hint}")
     if lengths.ndim != 1 or not lengths.flags.c_contiguous:
@@ -154,9 +154,23 @@ cdef class OnlinePacker:
     def buffer_size(self):
         return self._engine.get().buffer_size()
 
+    def __reduce__(self):
+        # Pickles as its settings plus the window; pushing the window again restores the state.
+        return (_restore_online_packer,
+                (self.max_tokens, self.max_seqs_per_bin, self.buffer_size, self.pending(),
+                 self.pending_lengths()))
+
     def __repr__(self):
         return (f"OnlinePacker(max_tokens={self.max_tokens}, max_seqs_per_bin={self.max_seqs_per_bin}, "
                 f"buffer_size={self.buffer_size}, pending={len(self)})")
+
+
+def _restore_online_packer(max_tokens, max_seqs_per_bin, buffer_size, keys, lengths):
+    packer = OnlinePacker(max_tokens, max_seqs_per_bin, buffer_size)
+    for key, length in zip(keys.tolist(), lengths.tolist()):
+        if packer.push(key, length):
+            raise ValueError("the pickled window of an OnlinePacker does not fit its buffer_size")
+    return packer
 
 
 cdef bint _int_format(const Py_buffer* view, Py_ssize_t itemsize):

@@ -45,45 +45,102 @@ def _rng(seed: int, *words: int) -> np.random.Generator:
     return np.random.default_rng([seed % 2**64, *words])
 
 
-class _Bins:
-    """The bins of one epoch. Base bins are slices of two flat arrays; bins made by splitting are appended."""
+_BLOCK = 64
 
-    def __init__(self, items: np.ndarray, sizes: np.ndarray, offsets: np.ndarray) -> None:
-        self.items, self.sizes = items, sizes
+
+def _epoch_permutation(rng: np.random.Generator, n: int, *, whole: bool) -> np.ndarray:
+    """The order examples are planned in this epoch.
+
+    Best/first-fit decreasing only look at the order to break ties between equal lengths, so
+    shuffling blocks of 64 examples (and rotating inside them) re-draws the bins as well as a full
+    permutation does, at a fraction of its memory traffic (it matters at 10M examples, on resume).
+    The online strategy packs in this order, so it gets a full permutation.
+    """
+    if whole or n < 4 * _BLOCK:
+        return rng.permutation(n)
+    blocks = n // _BLOCK
+    order = rng.permutation(blocks)
+    inner = (np.arange(_BLOCK) + int(rng.integers(_BLOCK))) % _BLOCK
+    perm = np.empty(n, dtype=np.int64)
+    perm[: blocks * _BLOCK] = (order[:, None] * _BLOCK + inner[None, :]).ravel()
+    perm[blocks * _BLOCK:] = np.arange(blocks * _BLOCK, n)
+    return perm
+
+
+class _Bins:
+    """Bins as contiguous ranges ``[begin, end)`` of flat arrays of planned positions and piece sizes.
+
+    Positions below ``len(items)`` are in the plan's own arrays; bins made later (splits,
+    rebalancing) live in small ``extra_*`` arrays after them, so adding a few never copies the plan.
+    A fork shares every array it had.
+    """
+
+    def __init__(self, items: np.ndarray, sizes: np.ndarray, offsets: np.ndarray,
+                 perm: Optional[np.ndarray] = None) -> None:
+        self.items, self.sizes, self.perm = items, sizes, perm
+        self.extra_items = self.extra_sizes = np.zeros(0, dtype=np.int64)
         self.begin, self.end = offsets[:-1], offsets[1:]
-        n = len(self.begin)
-        if n:
-            self.tokens = np.add.reduceat(sizes, self.begin)
-            self.sumsq = np.add.reduceat(sizes * sizes, self.begin)
-        else:
-            self.tokens = self.sumsq = np.zeros(0, dtype=np.int64)
-        self.extra: List[tuple] = []  # (items, sizes) of bins num_base.., from splits
+        self.tokens, self.sumsq = _sums(sizes, offsets)
 
     @property
-    def num_base(self) -> int:
+    def num_bins(self) -> int:
         return len(self.begin)
 
     def fork(self) -> "_Bins":
-        """A view sharing the base arrays, with its own split bins (layouts must not see each other's)."""
         twin = object.__new__(_Bins)
         twin.__dict__.update(self.__dict__)
-        twin.extra = []
         return twin
 
-    def count(self, b: int) -> int:
-        return int(self.end[b] - self.begin[b]) if b < self.num_base else len(self.extra[b - self.num_base][0])
+    def counts(self, ids: np.ndarray) -> np.ndarray:
+        return self.end[ids] - self.begin[ids]
 
     def pieces(self, b: int):
-        if b < self.num_base:
-            lo, hi = self.begin[b], self.end[b]
-            return self.items[lo:hi], self.sizes[lo:hi]
-        return self.extra[b - self.num_base]
+        lo, hi, base = int(self.begin[b]), int(self.end[b]), len(self.items)
+        if lo >= base:
+            return self.extra_items[lo - base:hi - base], self.extra_sizes[lo - base:hi - base]
+        return self.items[lo:hi], self.sizes[lo:hi]
 
-    def add(self, items: np.ndarray, sizes: np.ndarray) -> int:
-        self.extra.append((items, sizes))
-        self.tokens = np.append(self.tokens, sizes.sum())
-        self.sumsq = np.append(self.sumsq, (sizes * sizes).sum())
-        return self.num_base + len(self.extra) - 1
+    def gather(self, ids: np.ndarray):
+        """Flat (items, sizes) of the pieces of bins ``ids``, in bin order."""
+        counts = self.counts(ids)
+        total = int(counts.sum()) if len(ids) else 0
+        if not total:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        first = np.cumsum(counts) - counts
+        index = np.arange(total, dtype=np.int64) - np.repeat(first - self.begin[ids], counts)
+        base = len(self.items)
+        if not len(self.extra_items):
+            return self.items[index], self.sizes[index]
+        extra = index >= base
+        items = np.empty(total, dtype=np.int64)
+        sizes = np.empty(total, dtype=np.int64)
+        items[~extra], sizes[~extra] = self.items[index[~extra]], self.sizes[index[~extra]]
+        items[extra], sizes[extra] = self.extra_items[index[extra] - base], self.extra_sizes[index[extra] - base]
+        return items, sizes
+
+    def examples(self, b: int) -> np.ndarray:
+        """Dataset indices of bin ``b``."""
+        items = self.pieces(b)[0]
+        return items if self.perm is None else self.perm[items]
+
+    def append(self, items: np.ndarray, sizes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """Add bins ``items[offsets[k]:offsets[k + 1]]``; returns their ids."""
+        start = len(self.items) + len(self.extra_items)
+        first = self.num_bins
+        tokens, sumsq = _sums(sizes, offsets)
+        self.extra_items = np.concatenate([self.extra_items, items])
+        self.extra_sizes = np.concatenate([self.extra_sizes, sizes])
+        self.begin = np.concatenate([self.begin, start + offsets[:-1]])
+        self.end = np.concatenate([self.end, start + offsets[1:]])
+        self.tokens = np.concatenate([self.tokens, tokens])
+        self.sumsq = np.concatenate([self.sumsq, sumsq])
+        return np.arange(first, self.num_bins, dtype=np.int64)
+
+
+def _sums(sizes: np.ndarray, offsets: np.ndarray):
+    if len(offsets) < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.add.reduceat(sizes, offsets[:-1]), np.add.reduceat(sizes * sizes, offsets[:-1])
 
 
 def _sort_keys(bins: _Bins, ids: np.ndarray, max_tokens: int) -> np.ndarray:
@@ -97,71 +154,184 @@ def _sort_keys(bins: _Bins, ids: np.ndarray, max_tokens: int) -> np.ndarray:
 
 def _halves(items: np.ndarray, sizes: np.ndarray):
     """Split a bin in two of near-equal tokens (longest first onto the lighter side); both non-empty."""
-    order = np.argsort(-sizes, kind="stable")
     sides: List[List[int]] = [[], []]
     load = [0, 0]
-    for k in order.tolist():
+    for k in np.argsort(-sizes, kind="stable").tolist():
         side = 0 if load[0] <= load[1] else 1
         sides[side].append(k)
         load[side] += int(sizes[k])
-    return [(items[np.asarray(s, dtype=np.int64)], sizes[np.asarray(s, dtype=np.int64)]) for s in sides]
+    return [(items[s], sizes[s]) for s in (np.asarray(x, dtype=np.int64) for x in sides)]
 
 
-def _split_to_fill(bins: _Bins, live: np.ndarray, need: int):
+def _split_to_fill(bins: _Bins, live: np.ndarray, need: int) -> np.ndarray:
     """Split the smallest multi-sequence bins until ``need`` more bins exist (or nothing can be split)."""
-    counts = np.array([bins.count(b) for b in live], dtype=np.int64) if len(live) < 4096 else None
-    if counts is None:  # vectorised for base bins; split bins are few
-        base = live < bins.num_base
-        counts = np.empty(len(live), dtype=np.int64)
-        counts[base] = bins.end[live[base]] - bins.begin[live[base]]
-        counts[~base] = [bins.count(b) for b in live[~base]]
-    multi = live[counts >= 2]
-    if not len(multi):
-        return live, need
+    multi = live[bins.counts(live) >= 2]
+    if not len(multi) or not need:
+        return live
+    if len(multi) > need:  # only the `need` smallest (by tokens, then id) can be picked
+        tokens = bins.tokens[multi]
+        multi = multi[tokens <= np.partition(tokens, need - 1)[need - 1]]
     pick = multi[np.lexsort((multi, bins.tokens[multi]))[:need]]
-    heap = [(int(bins.tokens[b]), int(b)) for b in pick]
+    # Heap of (tokens, tie, bin): a bin is ("old", id) or ("new", index into `made`).
+    heap = [(int(bins.tokens[b]), k, ("old", int(b))) for k, b in enumerate(pick)]
     heapq.heapify(heap)
-    removed, added = [], []
+    made: List[Optional[tuple]] = []
+    removed: List[int] = []
+    tie = len(heap)
     while need and heap:
-        _, b = heapq.heappop(heap)
-        removed.append(b)
+        _, _, (kind, ref) = heapq.heappop(heap)
+        if kind == "old":
+            parts = _halves(*bins.pieces(ref))
+            removed.append(ref)
+        else:
+            parts = _halves(*made[ref])
+            made[ref] = None
         need -= 1
-        for items, sizes in _halves(*bins.pieces(b)):
-            new = bins.add(items, sizes)
-            added.append(new)
+        for items, sizes in parts:
+            made.append((items, sizes))
             if len(items) >= 2:
-                heapq.heappush(heap, (int(sizes.sum()), new))
-    gone = set(removed)
-    added = [b for b in added if b not in gone]
-    live = np.concatenate([live[~np.isin(live, removed)], np.asarray(added, dtype=np.int64)])
-    return live, need
+                tie += 1
+                heapq.heappush(heap, (int(sizes.sum()), tie, ("new", len(made) - 1)))
+    made = [m for m in made if m is not None]
+    counts = np.asarray([len(m[0]) for m in made], dtype=np.int64)
+    ids = bins.append(np.concatenate([m[0] for m in made]), np.concatenate([m[1] for m in made]),
+                      np.concatenate([[0], np.cumsum(counts)]))
+    keep = np.ones(bins.num_bins, dtype=bool)
+    keep[removed] = False
+    return np.concatenate([live[keep[live]], ids])
 
 
-def _schedule(bins: _Bins, live: np.ndarray, world: int, *, drop_last: bool, shuffle: bool,
-              rng: np.random.Generator, max_tokens: int) -> np.ndarray:
-    """Deal the ``live`` bins into a ``[steps, world]`` grid of bin ids (-1: an empty batch)."""
+def _grid(bins: _Bins, live: np.ndarray, world: int, steps: int, max_tokens: int) -> np.ndarray:
+    """Sorted by size and dealt ``world`` at a time: the bins of one step are alike."""
+    order = live[np.argsort(-_sort_keys(bins, live, max_tokens), kind="stable")]
+    grid = np.full(steps * world, -1, dtype=np.int64)
+    grid[: len(order)] = order
+    return grid.reshape(steps, world)
+
+
+def _imbalance(bins: _Bins, grid: np.ndarray) -> float:
+    tokens = np.where(grid >= 0, bins.tokens[np.maximum(grid, 0)], 0)
+    mean = tokens.mean(axis=1).sum()
+    return float(tokens.max(axis=1).sum() / mean) if mean else 1.0
+
+
+def _rebalanced(bins: _Bins, live: np.ndarray, slots: int, options: dict):
+    """Re-pack the examples of ``live`` under the smallest budget that still fits ``slots`` bins.
+
+    With the step count fixed by the full-budget plan, the slack of the last steps is spread over all
+    bins instead of leaving one step of near-empty bins next to full ones (few bins per rank).
+    Examples longer than the lowered budget keep a bin of their own. Returns ``(bins, live)`` or None.
+    """
+    items, sizes = bins.gather(live)
+    if not len(sizes):
+        return None
+    max_tokens = options["max_tokens"]
+    kwargs = dict(strategy=options["strategy"], max_seqs_per_bin=options["max_seqs_per_bin"])
+
+    def pack(capacity: int):
+        big = sizes > capacity
+        small = ~big
+        packed = plan(sizes[small], capacity, **kwargs)
+        if packed.num_bins + int(big.sum()) > slots:
+            return None
+        n_big = int(big.sum())
+        offsets = np.concatenate([packed.bin_offsets, packed.bin_offsets[-1] + np.arange(1, n_big + 1)])
+        return (np.concatenate([items[small][packed.items], items[big]]),
+                np.concatenate([packed.sizes, sizes[big]]), offsets)
+
+    low, high = max(1, -(-int(sizes.sum()) // slots)), max_tokens
+    best = None
+    for _ in range(8):  # a few plans: each is O(n) in C++
+        if low > high:
+            break
+        middle = (low + high) // 2
+        packed = pack(middle)
+        if packed is None:
+            low = middle + 1
+        else:
+            best, high = packed, middle - 1
+    if best is None:
+        return None
+    twin = bins.fork()
+    return twin, twin.append(*best)
+
+
+def _level_tail(bins: _Bins, grid: np.ndarray, rows: int, options: dict):
+    """Re-deal the pieces of the last ``rows`` steps of a sorted grid longest-first onto the lightest bin.
+
+    The smallest bins of a plan (its tail) differ most in size; spreading their sequences evenly
+    over the same number of bins evens out the steps they make. Returns ``(bins, grid)`` or None
+    when a piece would not fit (the caller keeps what it had).
+    """
+    world = grid.shape[1]
+    tail = grid[-rows:].ravel()
+    items, sizes = bins.gather(tail[tail >= 0])
+    slots = rows * world
+    max_tokens, max_seqs = options["max_tokens"], options["max_seqs_per_bin"] or len(sizes) + 1
+    heap = [(0, 0, b) for b in range(slots)]
+    members: List[List[int]] = [[] for _ in range(slots)]
+    for k in np.argsort(-sizes, kind="stable").tolist():
+        load, count, b = heapq.heappop(heap)
+        size = int(sizes[k])
+        if load + size > max_tokens or count >= max_seqs:
+            return None
+        members[b].append(k)
+        heapq.heappush(heap, (load + size, count + 1, b))
+    filled = [m for m in members if m]
+    order = np.asarray([k for m in filled for k in m], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum([len(m) for m in filled])]).astype(np.int64)
+    twin = bins.fork()
+    ids = twin.append(items[order], sizes[order], offsets)
+    head = grid[:-rows].ravel()
+    live = np.concatenate([head[head >= 0], ids])
+    return twin, _grid(twin, live, world, grid.shape[0], max_tokens)
+
+
+#: Σ_step max_rank(tokens) / Σ_step mean_rank(tokens) under which a layout is not worth improving.
+_EVEN_ENOUGH = 1.005
+
+
+def _schedule(bins: _Bins, live: np.ndarray, world: int, *, rng: np.random.Generator, options: dict):
+    """Deal the ``live`` bins into a ``[steps, world]`` grid of bin ids (-1: an empty batch).
+
+    Returns ``(bins, grid)``: ``bins`` gains the bins made by splitting or rebalancing.
+    """
+    max_tokens = options["max_tokens"]
     total = len(live)
-    if drop_last:
+    if options["drop_last"]:
         steps = total // world
         if steps * world < total:  # drop the least-filled bins, not arbitrary ones
             keep = np.argsort(_sort_keys(bins, live, max_tokens), kind="stable")[total - steps * world:]
             live = live[np.sort(keep)]
+        grid = _grid(bins, live, world, steps, max_tokens)
     else:
         steps = -(-total // world)
-        need = steps * world - total
-        if need:
-            live, _ = _split_to_fill(bins, live, need)
-    order = live[np.argsort(-_sort_keys(bins, live, max_tokens), kind="stable")]
-    grid = np.full(steps * world, -1, dtype=np.int64)
-    grid[: len(order)] = order
-    grid = grid.reshape(steps, world)
-    if shuffle:
+        live = _split_to_fill(bins, live, steps * world - total)
+        grid = _grid(bins, live, world, steps, max_tokens)
+        # With few bins per rank the last steps mix near-empty bins with full ones. Keeping the step
+        # count, try a lower budget for the whole epoch, then level the tail; keep the most even.
+        best = _imbalance(bins, grid) if steps else 1.0
+        if best > _EVEN_ENOUGH:
+            lowered = _rebalanced(bins, live, steps * world, options)
+            if lowered is not None:
+                twin, twin_live = lowered
+                twin_live = _split_to_fill(twin, twin_live, steps * world - len(twin_live))
+                twin_grid = _grid(twin, twin_live, world, steps, max_tokens)
+                if _imbalance(twin, twin_grid) < best:
+                    bins, grid, best = twin, twin_grid, _imbalance(twin, twin_grid)
+        for rows in (1, 2, 3):
+            if best <= _EVEN_ENOUGH or rows >= steps:
+                break
+            leveled = _level_tail(bins, grid, rows, options)
+            if leveled is not None and _imbalance(*leveled) < best:
+                (bins, grid), best = leveled, _imbalance(*leveled)
+    if options["shuffle"]:
         grid = rng.permuted(grid, axis=1)[rng.permutation(steps)]
     elif steps:
         # Rotate so that no rank always gets the largest bin of its step.
         cols = (np.arange(world)[None, :] + np.arange(steps)[:, None]) % world
         grid = np.take_along_axis(grid, cols, axis=1)
-    return grid
+    return bins, grid
 
 
 class _Layout:
@@ -176,7 +346,7 @@ class _Layout:
 
     def batch(self, step: int, rank: int) -> List[int]:
         b = int(self.grid[step, rank])
-        return [] if b < 0 else self.bins.pieces(b)[0].tolist()
+        return [] if b < 0 else self.bins.examples(b).tolist()
 
 
 class _BatchIterator(Iterator[List[int]]):
@@ -344,13 +514,13 @@ class PackedBatchSampler(Sampler[List[int]]):
         if self.shuffle:
             # Planning a permutation changes which equal-length examples share a bin, so the bins
             # themselves (not only their order) differ from epoch to epoch.
-            perm = _rng(self.seed, epoch, 0).permutation(len(lengths))
+            perm = _epoch_permutation(_rng(self.seed, epoch, 0), len(lengths), whole=self.strategy == "online")
             packed = plan(lengths[perm], self.max_tokens, **kwargs)
-            items = perm[packed.items]
         else:
-            packed = plan(lengths, self.max_tokens, **kwargs)
-            items = packed.items
-        bins = _Bins(items, packed.sizes, packed.bin_offsets)
+            perm, packed = None, plan(lengths, self.max_tokens, **kwargs)
+        # Bins hold planned positions; ``perm`` maps them to dataset indices batch by batch (mapping
+        # all 10M up front would cost a full gather on every resume).
+        bins = _Bins(packed.items, packed.sizes, packed.bin_offsets, perm=perm)
         self._bins_cache = (epoch, bins)
         return bins
 
@@ -360,15 +530,17 @@ class PackedBatchSampler(Sampler[List[int]]):
         if cached is not None and cached[0] == key:
             return cached[1]
         bins = self._epoch_bins(epoch).fork()
-        live = np.arange(bins.num_base, dtype=np.int64)
-        options = dict(drop_last=self.drop_last, shuffle=self.shuffle, max_tokens=self.max_tokens)
+        live = np.arange(bins.num_bins, dtype=np.int64)
+        options = dict(drop_last=self.drop_last, shuffle=self.shuffle, max_tokens=self.max_tokens,
+                       strategy=self.strategy, max_seqs_per_bin=self.max_seqs_per_bin)
         # Replay the layouts that ran earlier this epoch (other world sizes) and keep what they had
         # not reached: exactly-once holds across a resharded resume.
         for segment, (world, steps) in enumerate(history):
-            grid = _schedule(bins, live, world, rng=_rng(self.seed, epoch, 1 + segment), **options)
+            bins, grid = _schedule(bins, live, world, rng=_rng(self.seed, epoch, 1 + segment), options=options)
             rest = grid[steps:].ravel()
             live = rest[rest >= 0]
-        grid = _schedule(bins, live, self.num_replicas, rng=_rng(self.seed, epoch, 1 + len(history)), **options)
+        bins, grid = _schedule(bins, live, self.num_replicas, rng=_rng(self.seed, epoch, 1 + len(history)),
+                               options=options)
         layout = _Layout(bins, grid, sum(steps for _, steps in history))
         self._layout_cache = (key, layout)
         return layout
@@ -392,6 +564,11 @@ class PackedBatchSampler(Sampler[List[int]]):
     @property
     def epoch(self) -> int:
         return self._epoch
+
+    @property
+    def sampler(self) -> "PackedBatchSampler":
+        """This sampler: Accelerate forwards ``set_epoch`` to ``batch_sampler.sampler`` once it wraps it."""
+        return self
 
     def set_epoch(self, epoch: int) -> None:
         """Plan epoch ``epoch`` next (deterministic from ``seed``); the same epoch again keeps a loaded resume point."""

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -250,7 +251,8 @@ def _load_jsonl(path: Path, column: str) -> LoadedLengths:
     batches = []
     try:
         stream = pa.input_stream(str(path), compression="detect")
-        reader = pajson.open_json(stream)
+        # blocks of 64 MiB: a row must fit in one block, and token lists of long documents are large
+        reader = pajson.open_json(stream, read_options=pajson.ReadOptions(block_size=1 << 26))
         if column not in reader.schema.names:
             raise _missing_column(column, str(path), list(reader.schema.names))
         with Progress(desc="reading JSON Lines", unit="rows") as bar:
@@ -526,8 +528,6 @@ def compute_stats(
     seed: int = 0,
 ) -> Stats:
     """Plan ``lengths`` with every strategy and compare with padding (see the module docstring)."""
-    import time
-
     import warppack
 
     lengths = np.asarray(lengths, dtype=np.int64)

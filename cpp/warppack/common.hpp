@@ -117,7 +117,8 @@ class SplitMix64 {
  private:
   static void multiply(uint64_t a, uint64_t b, uint64_t& high, uint64_t& low) {
 #if defined(__SIZEOF_INT128__)
-    const unsigned __int128 product = static_cast<unsigned __int128>(a) * b;
+    __extension__ typedef unsigned __int128 uint128;
+    const uint128 product = static_cast<uint128>(a) * b;
     high = static_cast<uint64_t>(product >> 64);
     low = static_cast<uint64_t>(product);
 #else

@@ -1,0 +1,113 @@
+"""Every rank of a gloo group iterates warppack loaders with 2 DataLoader workers; rank 0 checks them.
+
+Run by tests/test_distributed.py through ``torch.distributed.run --standalone --nproc_per_node=N``;
+writes ``summary.json`` into the folder given as argv[1] (rank 0). Each step all-reduces the batch's
+token count (a stand-in for DDP's gradient all-reduce); a rank with fewer steps would leave the
+others blocked until the 60 s collective timeout. ``all_gather_object`` of the example ids read by
+each rank proves exactly-once.
+"""
+
+import json
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import warppack  # noqa: E402
+from resume_harness import ListDataset, example_ids, make_examples  # noqa: E402
+
+WORKERS = 2
+
+
+def run(name, loader, *, epochs=2, set_epoch, wrap=lambda x: x, expect=None):
+    """Steps, all-reduces and exactly-once over ``epochs`` epochs of one loader on every rank.
+
+    ``expect(epoch)``, when given, is the id sequence this rank must read (checked on every rank).
+    """
+    out = {}
+    for epoch in range(epochs):
+        set_epoch(epoch)
+        ids, steps, tokens, empties = [], 0, 0, 0
+        for batch in wrap(loader):
+            t = torch.tensor([batch.num_tokens], dtype=torch.int64)
+            dist.all_reduce(t)  # every step: a rank that stopped early would hang the others
+            ids += example_ids(batch)
+            steps += 1
+            tokens += int(t)
+            empties += batch.num_sequences == 0
+        gathered = [None] * dist.get_world_size()
+        as_expected = expect is None or ids == expect(epoch)
+        dist.all_gather_object(gathered, {"ids": ids, "steps": steps, "tokens": tokens, "expected": as_expected,
+                                          "empties": empties})
+        if dist.get_rank() == 0:
+            all_ids = sorted(i for g in gathered for i in g["ids"])
+            out[f"epoch{epoch}"] = {
+                "steps": [g["steps"] for g in gathered],
+                "exactly_once": all_ids == list(range(N)),
+                "duplicates": len(all_ids) - len(set(all_ids)),
+                "missing": N - len(set(all_ids)),
+                "as_expected": all(g["expected"] for g in gathered),
+                "empty_batches": [g["empties"] for g in gathered],
+            }
+    return out
+
+
+dist.init_process_group("gloo", timeout=timedelta(seconds=60))
+rank, world = dist.get_rank(), dist.get_world_size()
+N = 203
+examples, lengths = make_examples(N, seed=11, long_every=41, long_len=700)
+summary = {"world": world}
+
+# Map-style: the sampler reads rank/world from the process group.
+sampler = warppack.PackedBatchSampler(lengths, 512, seed=5, overlong="truncate")
+loader = DataLoader(ListDataset(examples), batch_sampler=sampler, num_workers=WORKERS,
+                    collate_fn=warppack.PackedCollator(512, overlong="truncate"))
+summary["sampler"] = run("sampler", loader, set_epoch=sampler.set_epoch)
+summary["sampler"]["len"] = len(loader)
+
+# Fewer examples than ranks: explicit empty batches keep the steps equal.
+few = warppack.PackedBatchSampler(lengths[: world - 1], 512, seed=5, overlong="truncate")
+few_loader = DataLoader(ListDataset(examples[: world - 1]), batch_sampler=few, num_workers=WORKERS,
+                        collate_fn=warppack.PackedCollator(512, overlong="truncate"))
+N_all, N = N, world - 1
+summary["sampler_fewer_than_ranks"] = run("few", few_loader, set_epoch=few.set_epoch, epochs=1)
+N = N_all
+
+# Streams with lengths=: equal steps without communication.
+stream = warppack.PackedIterableDataset(examples, 512, buffer_size=16, overlong="split", lengths=lengths,
+                                        num_workers=WORKERS, shuffle=True, seed=2)
+summary["iterable_lengths"] = run("iterable", DataLoader(stream, batch_size=None, num_workers=WORKERS),
+                                  set_epoch=stream.set_epoch)
+summary["iterable_lengths"]["len"] = len(stream)
+
+# Streams without lengths: equal_steps pads the ranks that run out first.
+plain = warppack.PackedIterableDataset(lambda: iter(examples), 512, buffer_size=16, overlong="split")
+summary["iterable_equal_steps"] = run("equal_steps", DataLoader(plain, batch_size=None, num_workers=WORKERS),
+                                      set_epoch=plain.set_epoch, wrap=warppack.equal_steps)
+
+# Accelerate deals an interleaved sampler's batches to the ranks itself.
+from accelerate import Accelerator  # noqa: E402
+
+accelerator = Accelerator(cpu=True)
+glob = warppack.PackedBatchSampler(lengths, 512, seed=5, overlong="truncate", interleaved=True)
+prepared = accelerator.prepare(DataLoader(ListDataset(examples), batch_sampler=glob, num_workers=WORKERS,
+                                          collate_fn=warppack.PackedCollator(512, overlong="truncate")))
+
+
+def direct(epoch):
+    """What this rank's own PackedBatchSampler reads in ``epoch``: accelerate must deal exactly that."""
+    own = warppack.PackedBatchSampler(lengths, 512, seed=5, overlong="truncate")
+    own.set_epoch(epoch)
+    return [i for batch in own for i in batch]
+
+
+summary["accelerate"] = run("accelerate", prepared, set_epoch=prepared.set_epoch, expect=direct)
+
+if rank == 0:
+    Path(sys.argv[1], "summary.json").write_text(json.dumps(summary, indent=1))
+dist.barrier()
+dist.destroy_process_group()
