@@ -191,8 +191,10 @@ def test_bad_examples_and_lengths_are_named():
     with pytest.raises(TypeError, match="pass num_workers="):
         len(PackedIterableDataset(span_examples([3]), 8, lengths=[3]))
     ds = PackedIterableDataset(span_examples([3, 4, 5]), 8, num_workers=2)
-    with pytest.raises(ValueError, match=r"num_workers=2\) but the DataLoader runs 1 worker"):
-        list(DataLoader(ds, batch_size=None, num_workers=1))
+    one_worker = types.SimpleNamespace(id=0, num_workers=1)  # as inside a DataLoader(num_workers=1) worker
+    with mock.patch("warppack._iterable.get_worker_info", return_value=one_worker):
+        with pytest.raises(ValueError, match=r"num_workers=2\) but the DataLoader runs 1 worker"):
+            iter(ds)
 
 
 def test_warns_without_lengths_on_several_ranks_unless_equalized():

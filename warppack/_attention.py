@@ -435,8 +435,7 @@ def warppack_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask
     Packed or unpadded rows without a cache get ``None`` (the attention reads cu_seqlens instead of an
     O(T^2) mask). Padding, a KV cache, chunked or custom patterns get transformers' exact boolean mask.
     """
-    from transformers import masking_utils as mu
-
+    mu = _MASKING_UTILS or importlib.import_module("transformers.masking_utils")
     mask_function = mu.causal_mask_function if mask_function is None else mask_function
     config = kwargs.get("config")
     plain = (not kwargs.get("use_vmap", False) and mask_function is not getattr(mu, "bidirectional_mask_function", None)
@@ -457,7 +456,13 @@ def _register_function(module) -> None:
     _kernels()  # transformers already imported torch._dynamo: cheap now, and settled before any compile
 
 
+_MASKING_UTILS = None  # set at registration: an import inside warppack_mask breaks torch.compile graphs
+# (transformers' _LazyModule: "Bad import result", seen as 3 graphs instead of 1 on GPU)
+
+
 def _register_mask(module) -> None:
+    global _MASKING_UTILS
+    _MASKING_UTILS = module
     module.AttentionMaskInterface.register("warppack", warppack_mask)
 
 
