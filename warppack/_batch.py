@@ -138,12 +138,6 @@ class PackedBatch(Mapping):
             return data[name]
         raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
-    def __getstate__(self) -> dict:
-        return self.__dict__.copy()
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-
     # -- statistics --------------------------------------------------------------------------
     @property
     def num_tokens(self) -> int:

@@ -182,21 +182,29 @@ cdef bint _int_format(const Py_buffer* view, Py_ssize_t itemsize):
     return (f[0] == b'i' or f[0] == b'l' or f[0] == b'q') and f[1] == 0
 
 
-cdef int _acquire(object obj, Py_buffer* view, bint writable, Py_ssize_t itemsize,
-                  what) except -1:
-    cdef int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT
-    if writable:
-        flags |= PyBUF_WRITABLE
+cdef object _bad_buffer(object obj, bint writable, Py_ssize_t itemsize, str what, Py_ssize_t index,
+                        object error):
+    # Messages are built only here, on failure: the success path runs once per sequence per batch.
+    name = what if index < 0 else f"{what}[{index}]"
     expected = (f"a {'writable ' if writable else ''}C-contiguous 1-D "
                 f"int{itemsize * 8} numpy array")
     hint = "; convert a torch tensor with .numpy()" if hasattr(obj, "numpy") else ""
+    detail = f" ({error})" if error is not None else ""
+    return TypeError(f"{name} must be {expected}, got {_describe(obj)}{detail}{hint}")
+
+
+cdef int _acquire(object obj, Py_buffer* view, bint writable, Py_ssize_t itemsize,
+                  str what, Py_ssize_t index=-1) except -1:
+    cdef int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT
+    if writable:
+        flags |= PyBUF_WRITABLE
     try:
         PyObject_GetBuffer(obj, view, flags)
     except (BufferError, TypeError, ValueError) as error:
-        raise TypeError(f"{what} must be {expected}, got {_describe(obj)} ({error}){hint}") from None
+        raise _bad_buffer(obj, writable, itemsize, what, index, error) from None
     if view.ndim != 1 or not _int_format(view, itemsize):
         PyBuffer_Release(view)
-        raise TypeError(f"{what} must be {expected}, got {_describe(obj)}{hint}")
+        raise _bad_buffer(obj, writable, itemsize, what, index, None)
     return 0
 
 
@@ -222,12 +230,12 @@ def write_layout(ids, labels, int64_t total_tokens, int64_t num_cu, int64_t pad_
     cdef LayoutOutput out
     try:
         for i in range(n):
-            _acquire(ids[i], &views[held], False, 8, f"ids[{i}]")
+            _acquire(ids[i], &views[held], False, 8, "ids", i)
             held += 1
             sequences[i].ids = <const int64_t*>views[held - 1].buf
             sequences[i].length = views[held - 1].shape[0]
             if labels[i] is not None:
-                _acquire(labels[i], &views[held], False, 8, f"labels[{i}]")
+                _acquire(labels[i], &views[held], False, 8, "labels", i)
                 held += 1
                 sequences[i].labels = <const int64_t*>views[held - 1].buf
                 sequences[i].labels_length = views[held - 1].shape[0]

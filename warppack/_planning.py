@@ -129,11 +129,9 @@ class Plan:
 
     def bin_tokens(self) -> np.ndarray:
         """Real tokens in each bin (int64, one entry per bin)."""
-        if self.num_bins == 0:
+        if self.num_bins == 0:  # reduceat cannot take an empty index list
             return np.zeros(0, dtype=np.int64)
-        return np.add.reduceat(self.sizes, self.bin_offsets[:-1]) if len(self.sizes) else np.zeros(
-            self.num_bins, dtype=np.int64
-        )
+        return np.add.reduceat(self.sizes, self.bin_offsets[:-1])  # no bin is empty
 
     @property
     def efficiency(self) -> float:
