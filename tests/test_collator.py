@@ -179,3 +179,55 @@ def test_trainers_may_add_flags_and_replace_tensors():
     assert batch.to("cpu")["use_cache"] is False
     with pytest.raises(KeyError, match="part of the packed layout"):
         del batch["input_ids"]
+
+
+_WIDTHS = {"list": list, "int32": lambda s: np.asarray(s, np.int32), "int64": lambda s: np.asarray(s, np.int64),
+           "uint16": lambda s: np.asarray(s, np.uint16), "strided": lambda s: np.repeat(np.asarray(s, np.int64), 2)[::2],
+           "tensor": lambda s: torch.tensor(s, dtype=torch.int32)}
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    seqs=st.lists(st.tuples(st.lists(st.integers(0, 60_000), min_size=1, max_size=30),
+                            st.sampled_from(list(_WIDTHS)), st.sampled_from([None, *_WIDTHS])), max_size=8),
+    static=st.booleans(),
+    mask=st.booleans(),
+)
+def test_every_source_type_gives_the_int64_batch(seqs, static, mask):
+    # The fast path reads int32/int64 arrays in place; everything else is converted first. Both
+    # must give exactly the batch of plain int64 arrays.
+    def examples(wide):
+        out = []
+        for s, kind, label_kind in seqs:
+            labels = [t % 11 for t in s]
+            example = {"input_ids": np.asarray(s, np.int64) if wide else _WIDTHS[kind](s)}
+            if label_kind is not None:
+                example["labels"] = np.asarray(labels, np.int64) if wide else _WIDTHS[label_kind](labels)
+            if mask:
+                example["attention_mask"] = [1] * len(s)
+            out.append(example)
+        return out
+
+    collate = PackedCollator(256, static_shape=static, max_sequences=8 if static else None)
+    got, expected = collate(examples(False)), collate(examples(True))
+    for key in ("input_ids", "labels", "position_ids", "seq_idx", "cu_seq_lens_q"):
+        assert torch.equal(got[key], expected[key]), key
+    assert got["max_length_q"] == expected["max_length_q"] and got.num_padding == expected.num_padding
+
+
+@pytest.mark.parametrize("kind", ["int32", "int64", "list"])
+def test_errors_name_the_example_on_every_path(kind):
+    convert = _WIDTHS[kind]
+    collate = PackedCollator(16, skip_empty=True)
+    with pytest.raises(ValueError, match=r"example 2: 'input_ids' has token id -3 at position 1"):
+        collate([{"input_ids": convert([1, 2])}, {"input_ids": convert([])}, {"input_ids": convert([4, -3])}])
+    with pytest.raises(ValueError, match=r"example 1: 'labels' has 1 tokens but 'input_ids' has 2"):
+        collate([{"input_ids": convert([1])}, {"input_ids": convert([1, 2]), "labels": convert([5])}])
+    with pytest.raises(ValueError, match=r"example 1: 'input_ids' has 17 tokens, more than max_tokens=16"):
+        collate([{"input_ids": convert([1])}, {"input_ids": convert(list(range(17)))}])
+    with pytest.raises(ValueError, match=r"example 0: 'attention_mask' contains zeros"):
+        collate([{"input_ids": convert([1, 2]), "attention_mask": np.array([1, 0])}])
+    with pytest.raises(ValueError, match=r"example 1: 'input_ids' has shape \(1, 2\)"):
+        collate([{"input_ids": convert([1])}, {"input_ids": np.ones((1, 2), np.int64)}])
+    batch = collate([{"input_ids": convert([7, 8])}, {"input_ids": convert([])}])
+    assert batch["input_ids"].tolist() == [[7, 8]] and batch.num_sequences == 1

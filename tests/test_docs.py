@@ -120,3 +120,18 @@ def test_changelog_names_the_current_version():
     match = re.search(r'^version\s*=\s*"([^"]+)"', pyproject, flags=re.M)
     if match:  # a static version in pyproject must agree too
         assert match.group(1) == warppack.__version__
+
+
+def test_readme_setup_commands_are_what_ci_runs():
+    """The README opens with the two setup commands, and .ci/run runs the second one verbatim."""
+    readme = (REPO / "README.md").read_text()
+    commands = re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
+    assert len(commands) >= 2, "README.md lost its two ```bash setup commands"
+    setup = readme[readme.index("## Set up"):]
+    setup = setup[: setup.find("\n## ", 1) if "\n## " in setup[1:] else len(setup)]
+    in_setup = re.findall(r"```bash\n(.*?)```", setup, flags=re.S)
+    assert in_setup == commands[:2], "the first two ```bash blocks of README.md must be the ones under '## Set up'"
+    assert all(len(c.strip().splitlines()) == 1 for c in in_setup), f"each setup command is one line: {in_setup}"
+    ci = (REPO / ".ci" / "run").read_text().splitlines()
+    runs = [line.strip() for line in ci if line.strip() and not line.lstrip().startswith(("#", "set ", "cd ", "export "))]
+    assert runs == [in_setup[1].strip()], f".ci/run runs {runs}, the README's test command is {in_setup[1].strip()!r}"

@@ -83,6 +83,45 @@ def test_plan_matches_reference(case, dtype):
 
 
 @FAST
+@given(plan_cases(), st.sampled_from([np.int32, np.int64]))
+def test_whole_plan_matches_reference(case, dtype):
+    # The lean path: the same bins as the general one whenever no example is truncated or split.
+    if case["strategy"] == "online":
+        case["strategy"] = "bfd"
+    lengths = np.asarray(case["lengths"], dtype=dtype)
+    result = _packer.plan_whole(lengths, case["max_tokens"], STRATEGY[case["strategy"]], case["max_seqs"],
+                                OVERLONG[case["overlong"]], case["shuffle"], case["seed"])
+    if lengths.size and lengths.max() > case["max_tokens"]:
+        assert result is None
+        return
+    items, offsets, tokens = result
+    assert tokens == int(lengths.sum())
+    sizes = lengths.astype(np.int64)[items]
+    assert as_bins((items, np.zeros_like(items), sizes, offsets)) == ref.plan(**case)
+
+
+def test_whole_plan_equals_general_plan_at_scale():
+    lengths = np.random.default_rng(5).lognormal(5.7, 1.0, size=300_000).astype(np.int64).clip(1, 4096)
+    for strategy, max_seqs, shuffle in ((0, 0, False), (0, 3, True), (1, 0, True)):
+        items, offsets, _ = _packer.plan_whole(lengths, 4096, strategy, max_seqs, 0, shuffle, 9)
+        general = _packer.plan_lengths(lengths, 4096, strategy, max_seqs, 0, 1, shuffle, 9)
+        assert np.array_equal(items, general[0]) and np.array_equal(offsets, general[3])
+
+
+def test_whole_plan_errors_like_the_general_plan():
+    with pytest.raises(ValueError, match=r"example 1 has 9 tokens, more than max_tokens=8"):
+        _packer.plan_whole(np.array([3, 9], np.int64), 8, 0, 0, 0, False, 0)
+    with pytest.raises(ValueError, match=r"example 0 has length 0"):
+        _packer.plan_whole(np.array([0, 9], np.int32), 8, 0, 0, 1, False, 0)
+    with pytest.raises(ValueError, match=r"online"):
+        _packer.plan_whole(np.array([3], np.int64), 8, 2, 0, 0, False, 0)
+    with pytest.raises(ValueError, match=r"strides"):
+        _packer.plan_whole(np.ones(6, np.int64)[::2], 8, 0, 0, 0, False, 0)
+    items, offsets, tokens = _packer.plan_whole(np.zeros(0, np.int64), 8, 0, 0, 0, False, 0)
+    assert items.size == 0 and offsets.tolist() == [0] and tokens == 0
+
+
+@FAST
 @given(st.integers(1, 60).flatmap(lambda c: st.tuples(st.just(c), st.lists(st.integers(1, c), max_size=80))))
 def test_bin_counts_against_textbook(case):
     max_tokens, lengths = case
@@ -278,6 +317,74 @@ def test_layout_matches_reference(seqs, padding, extra_cu, pad_id, label_pad_id)
     assert [o.tolist() for o in out] == list(expected)
 
 
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.tuples(st.lists(st.integers(0, 2**31 - 1), max_size=9), st.sampled_from([None, 32, 64]),
+                       st.sampled_from([32, 64])), max_size=7),
+    st.integers(0, 5), st.integers(-100, 5),
+)
+def test_layout_int32_sources_match_int64(seqs, padding, label_pad_id):
+    # Arrow columns are often int32: read in place they must give exactly the int64 batch.
+    width = {32: np.int32, 64: np.int64}
+    ids = [np.array(s, width[w]) for s, _, w in seqs]
+    labels = [None if lw is None else np.array(s, width[lw])[::-1].copy() for s, lw, _ in seqs]
+    total = sum(len(s) for s, _, _ in seqs) + padding
+    num_cu = len(seqs) + 2
+    out = layout_arrays(total, num_cu)
+    _packer.write_layout(ids, labels, total, num_cu, 1, label_pad_id, *out)
+    wide = layout_arrays(total, num_cu)
+    _packer.write_layout([a.astype(np.int64) for a in ids],
+                         [None if a is None else a.astype(np.int64) for a in labels],
+                         total, num_cu, 1, label_pad_id, *wide)
+    assert [o.tolist() for o in out] == [o.tolist() for o in wide]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 2**31 - 1), min_size=1, max_size=9), max_size=6), st.integers(0, 4),
+       st.integers(0, 2), st.integers(0, 16))
+def test_layout_into_one_buffer_matches_the_five_arrays(seqs, padding, extra_cu, slack):
+    ids = [np.array(s, np.int32 if k % 2 else np.int64) for k, s in enumerate(seqs)]
+    total = sum(map(len, seqs)) + padding
+    num_cu = len(seqs) + 2 + extra_cu
+    buffer = np.full(28 * total + 4 * num_cu + slack, 0x5A, np.uint8)
+    _packer.write_layout_into(ids, None, total, num_cu, 3, -100, buffer)
+    out = layout_arrays(total, num_cu)
+    _packer.write_layout(ids, None, total, num_cu, 3, -100, *out)
+    t = total
+    got = [buffer[:8 * t].view(np.int64), buffer[8 * t:16 * t].view(np.int64), buffer[16 * t:24 * t].view(np.int64),
+           buffer[24 * t:28 * t].view(np.int32), buffer[28 * t:28 * t + 4 * num_cu].view(np.int32)]
+    assert [g.tolist() for g in got] == [o.tolist() for o in out]
+    assert (buffer[28 * t + 4 * num_cu:] == 0x5A).all()  # nothing written past the layout
+
+
+def test_layout_into_rejects_bad_buffers():
+    ids = [np.arange(1, 4, dtype=np.int64)]
+    with pytest.raises(ValueError, match=r"holds 94 bytes but the layout needs 95|needs 96"):
+        _packer.write_layout_into(ids, None, 3, 3, 0, -100, np.zeros(94, np.uint8))
+    with pytest.raises(ValueError, match=r"8-byte aligned"):
+        _packer.write_layout_into(ids, None, 3, 2, 0, -100, np.zeros(200, np.uint8)[1:])
+    with pytest.raises(TypeError, match=r"uint8"):
+        _packer.write_layout_into(ids, None, 3, 2, 0, -100, np.zeros(200, np.int64))
+    with pytest.raises(TypeError, match=r"uint8"):
+        _packer.write_layout_into(ids, None, 3, 2, 0, -100, np.zeros(200, np.uint8)[::2])
+    frozen = np.zeros(200, np.uint8)
+    frozen.flags.writeable = False
+    with pytest.raises(TypeError, match=r"writable"):
+        _packer.write_layout_into(ids, None, 3, 2, 0, -100, frozen)
+    with pytest.raises(ValueError, match=r"total_tokens=-1"):
+        _packer.write_layout_into(ids, None, -1, 2, 0, -100, np.zeros(200, np.uint8))
+    with pytest.raises(ValueError, match=r"num_cu must be in"):
+        _packer.write_layout_into(ids, None, 3, 0, 0, -100, np.zeros(200, np.uint8))
+    with pytest.raises(ValueError, match=r"more than total_tokens=2"):
+        _packer.write_layout_into(ids, None, 2, 3, 0, -100, np.zeros(200, np.uint8))
+
+
+def test_layout_rejects_negative_int32_ids():
+    with pytest.raises(ValueError, match=r"sequence 1 has token id -3 at position 2"):
+        _packer.write_layout([np.arange(2, dtype=np.int32), np.array([4, 5, -3], np.int32)], None, 5, 3, 0,
+                             -100, *layout_arrays(5, 3))
+
+
 def test_layout_accepts_none_labels_list_and_views():
     ids = [np.arange(5, dtype=np.int64)[1:], np.arange(3, dtype=np.int64)]
     ids[1].flags.writeable = False
@@ -308,7 +415,7 @@ def test_layout_accepts_none_labels_list_and_views():
         (lambda a: a["out"].__setitem__(3, np.zeros(8, np.int64)), TypeError, r"seq_idx_out must be a writable C-contiguous 1-D int32"),
         (lambda a: a["out"].__setitem__(1, np.zeros(16, np.int64)[::2]), TypeError, r"labels_out must be .*strides \(16,\)"),
         (lambda a: a["out"].__setitem__(0, np.zeros(8, np.int64).view(np.float64)), TypeError, r"input_ids_out must be"),
-        (lambda a: a["ids"].__setitem__(0, np.arange(4, dtype=np.int32)), TypeError, r"ids\[0\] must be a C-contiguous 1-D int64"),
+        (lambda a: a["ids"].__setitem__(0, np.arange(4, dtype=np.int16)), TypeError, r"ids\[0\] must be a C-contiguous 1-D int32 or int64"),
         (lambda a: a["ids"].__setitem__(0, [1, 2, 3, 4]), TypeError, r"ids\[0\] must be .* got list"),
         (lambda a: a["ids"].__setitem__(0, np.zeros((2, 2), np.int64)), TypeError, r"ids\[0\] must be"),
         (lambda a: a.update(labels=[np.arange(4, dtype=np.uint64), None]), TypeError, r"labels\[0\] must be"),

@@ -10,8 +10,8 @@ another.
 3
 """
 
-from warppack._attention import _register_on_import
-from warppack._attention import attention_backend, register_attention, set_attention_backend, varlen_attention
+from warppack._attention import attention_backend, set_attention_backend, varlen_attention
+from warppack._attention_transformers import _register_on_import, register_attention
 from warppack._batch import PackedBatch, unpack
 from warppack._calibration import calibrate_token_budget
 from warppack._oom import OOMGuard

@@ -24,18 +24,28 @@ class BufferLayout:
         self.total_tokens = t
         self.num_cu = num_cu
         # input_ids, labels, position_ids (int64), seq_idx (int32), cu_seqlens (int32)
+        # The C++ writer (write_layout_buffer in cpp/layout.cpp) uses the same offsets.
         self.offsets = (0, 8 * t, 16 * t, 24 * t, 28 * t)
-        self.nbytes = 28 * t + 4 * num_cu
+        # A multiple of 8, so that the whole buffer can be viewed as int64 (see views).
+        self.nbytes = (28 * t + 4 * num_cu + 7) // 8 * 8
 
     def views(self, buffer: torch.Tensor) -> tuple:
-        """Typed views of ``buffer`` (a uint8 tensor) in the order of ``offsets``."""
-        t, o = self.total_tokens, self.offsets
+        """Typed views of ``buffer`` (a uint8 tensor starting at its storage's first byte).
+
+        ``input_ids``, ``labels`` and ``position_ids`` as ``[1, T]``, ``seq_idx`` as ``[1, T]`` and
+        ``cu_seqlens`` as ``[K]``. Two dtype views and five ``as_strided`` calls: a torch op costs
+        microseconds, and slicing then re-typing then reshaping each array took three each.
+        """
+        t = self.total_tokens
+        b64 = buffer[: self.nbytes].view(torch.int64)
+        b32 = b64.view(torch.int32)
+        at = b64.storage_offset()  # as_strided offsets count from the storage's start
         return (
-            buffer[o[0] : o[1]].view(torch.int64),
-            buffer[o[1] : o[2]].view(torch.int64),
-            buffer[o[2] : o[3]].view(torch.int64),
-            buffer[o[3] : o[4]].view(torch.int32),
-            buffer[o[4] : self.nbytes].view(torch.int32),
+            b64.as_strided((1, t), (t, 1), at),
+            b64.as_strided((1, t), (t, 1), at + t),
+            b64.as_strided((1, t), (t, 1), at + 2 * t),
+            b32.as_strided((1, t), (t, 1), 2 * at + 6 * t),
+            b32.as_strided((self.num_cu,), (1,), 2 * at + 7 * t),
         )
 
 
@@ -87,25 +97,25 @@ class PackedBatch(Mapping):
         on_copy: Any = None,
     ) -> "PackedBatch":
         ids, labels, positions, seq_idx, cu = layout.views(buffer)
-        t = layout.total_tokens
         data = {
-            "input_ids": ids.view(1, t),
-            "labels": labels.view(1, t),
-            "position_ids": positions.view(1, t),
-            "seq_idx": seq_idx.view(1, t),
+            "input_ids": ids,
+            "labels": labels,
+            "position_ids": positions,
+            "seq_idx": seq_idx,
             "cu_seq_lens_q": cu,
             "cu_seq_lens_k": cu,
             "max_length_q": max_length,
             "max_length_k": max_length,
         }
-        return cls(
-            data,
-            num_sequences=num_sequences,
-            num_padding=num_padding,
-            _buffer=buffer,
-            _layout=layout,
-            _on_copy=on_copy,
-        )
+        # Every key is there by construction: skip __init__'s check and copy (once per batch).
+        batch = cls.__new__(cls)
+        batch._data = data
+        batch._num_sequences = num_sequences
+        batch._num_padding = num_padding
+        batch._buffer = buffer
+        batch._layout = layout
+        batch._on_copy = on_copy
+        return batch
 
     # -- Mapping -----------------------------------------------------------------------------
     def __getitem__(self, key: str) -> Any:
@@ -165,10 +175,10 @@ class PackedBatch(Mapping):
         return self._data["input_ids"].device
 
     # -- movement ----------------------------------------------------------------------------
-    def _with_buffer(self, buffer: torch.Tensor) -> "PackedBatch":
+    def _with_buffer(self, buffer: torch.Tensor, layout: BufferLayout) -> "PackedBatch":
         return PackedBatch._from_buffer(
             buffer,
-            self._layout,
+            layout,
             max_length=self._data["max_length_q"],
             num_sequences=self.num_sequences,
             num_padding=self.num_padding,
@@ -182,7 +192,7 @@ class PackedBatch(Mapping):
                 f"dtypes. Pass a device, e.g. batch.to('cuda')"
             )
         device = torch.device(device) if not isinstance(device, torch.device) else device
-        if self._buffer is None:
+        if self._buffer is None or self._layout is None:  # set and cleared together
             moved = {
                 k: v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v
                 for k, v in self._data.items()
@@ -194,7 +204,7 @@ class PackedBatch(Mapping):
         if self._on_copy is not None:
             # Lets the pinned pool know when an async copy out of its buffer has finished.
             self._on_copy(self._buffer, device)
-        return self._with_buffer(buffer)
+        return self._with_buffer(buffer, self._layout)
 
     def cuda(self, device: Any = None, *, non_blocking: bool = False) -> "PackedBatch":
         return self.to(torch.device("cuda", device) if isinstance(device, int) else (device or "cuda"), non_blocking=non_blocking)
@@ -204,12 +214,12 @@ class PackedBatch(Mapping):
 
     def pin_memory(self, device: Any = None) -> "PackedBatch":
         """Return the batch with its buffer in pinned memory (one copy); used by ``DataLoader(pin_memory=True)``."""
-        if self._buffer is None:
+        if self._buffer is None or self._layout is None:
             pinned = {k: v.pin_memory() if torch.is_tensor(v) else v for k, v in self._data.items()}
             return PackedBatch(pinned, num_sequences=self._num_sequences, num_padding=self._num_padding)
         if self._buffer.is_pinned():
             return self
-        return self._with_buffer(self._buffer[: self._layout.nbytes].pin_memory())
+        return self._with_buffer(self._buffer[: self._layout.nbytes].pin_memory(), self._layout)
 
     def storage_ptr(self) -> Optional[int]:
         """Data pointer of the one buffer behind every tensor (None for a batch rebuilt from a dict)."""

@@ -1,12 +1,17 @@
 """``calibrate_token_budget``: the largest token budget whose training step fits, measured on the device.
 
 A candidate budget ``B`` is tried with real training steps (forward, backward, optimizer step) on
-three pessimistic packed batches (:func:`pessimistic_lengths`); it *fits* when none runs out of
-memory and the peak stays under ``(1 - headroom)`` of the device. The search (:func:`search_budget`)
-extrapolates/interpolates the measured peaks (memory is close to affine in ``B``) and brackets the
-answer until the gap is at most ``tolerance``. Every rank takes the same branch (each measurement is
-MAX-reduced over ranks), so all ranks return one budget. Model, optimizer, gradients and RNG are
-restored exactly afterwards (:class:`~warppack._memory.TrainingSnapshot`, a copy in host memory).
+the pessimistic packed batches of :func:`~warppack._calibration_search.probe_schedule`, in an order
+whose token totals change from step to step, starting each probe from the optimizer state the run
+will start from and an emptied allocator cache -- so the caching allocator fragments during the
+probe as it will during training. ``B`` *fits* when nothing runs out of memory and the peak
+*reserved* memory (plus what is held outside PyTorch: CUDA context, NCCL) stays at or under
+``(1 - headroom)`` of the device; the peak *allocated* is recorded too (the difference is
+fragmentation). The search (:func:`search_budget`) interpolates the measured peaks and brackets
+the answer until the gap is at most ``tolerance``. Every rank takes the same branch (each
+measurement is MAX-reduced over ranks), so all ranks return one budget. Model, optimizer,
+gradients and RNG are restored exactly afterwards (:class:`~warppack._memory.TrainingSnapshot`, a
+copy in host memory) and the allocator cache is emptied, so training starts as a fresh process would.
 
 >>> import warppack                                    # doctest: +SKIP
 >>> max_tokens = warppack.calibrate_token_budget(model, optimizer=optimizer, max_seq_len=4096)  # doctest: +SKIP
@@ -15,26 +20,29 @@ restored exactly afterwards (:class:`~warppack._memory.TrainingSnapshot`, a copy
 from __future__ import annotations
 
 import logging
-import math
 import numbers
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Mapping, Optional
 
-import numpy as np
 import torch
 
 from warppack._calibration_cache import calibration_key, load_budget, store_budget
+from warppack._calibration_search import INT32_LIMIT as _INT32_LIMIT
+from warppack._calibration_search import next_budget, pessimistic_lengths, probe_schedule, search_budget
+from warppack._calibration_step import TrainStep as _TrainStep
+from warppack._calibration_step import default_loss, make_batch as _batch, unwrap_ddp, vocab_size as _vocab_size
 from warppack._collator import PackedCollator
-from warppack._memory import (DeviceMemory, TrainingSnapshot, all_ranks_max, device_memory, format_bytes,
-                              is_oom_error, world_size)
+from warppack._memory import (CudaMemory, DeviceMemory, TrainingSnapshot, all_ranks_max, device_memory,
+                              expandable_segments, format_bytes, is_oom_error, world_size)
 from warppack._planning import check_max_tokens
 from warppack._progress import Progress
 
-__all__ = ["calibrate_token_budget", "pessimistic_lengths", "search_budget", "next_budget", "CalibrationReport"]
+__all__ = ["calibrate_token_budget", "calibrate", "CalibrationReport", "pessimistic_lengths", "probe_schedule",
+           "search_budget", "next_budget", "default_loss", "unwrap_ddp"]
 
 logger = logging.getLogger("warppack")
-_INT32_LIMIT = 2**31 - 1
+_PROBE_KIND = "fresh-optimizer-state, varying-totals, reserved-peak"  # in the cache key: older entries measured less
 
 
 @dataclass
@@ -46,171 +54,7 @@ class CalibrationReport:
     device: str = ""
     total_bytes: int = 0
     target_bytes: int = 0
-
-
-def pessimistic_lengths(budget: int, max_seq_len: int, *, short_len: int = 16,
-                        max_sequences: Optional[int] = None) -> List[List[int]]:
-    """Sequence lengths of the batches that stress a budget most, most likely to fail first.
-
-    1. as many ``max_seq_len`` sequences as fit, the rest as one more (the largest sum of squared
-       lengths: what attention costs when it is not varlen);
-    2. many short sequences filling the budget (per-sequence overheads);
-    3. the single longest sequence.
-
-    >>> pessimistic_lengths(10, 4, short_len=3)
-    [[4, 4, 2], [3, 3, 3, 1], [4]]
-    """
-    full, rest = divmod(budget, max_seq_len)
-    long = [max_seq_len] * full + ([rest] if rest else [])
-    short_len = min(short_len, max_seq_len)
-    count, rest = divmod(budget, short_len)
-    short = [short_len] * count + ([rest] if rest else [])
-    if max_sequences is not None and len(short) > max_sequences:
-        base, extra = divmod(budget, max_sequences)  # fewest tokens per sequence the cap allows
-        short = [min(max_seq_len, base + (i < extra)) for i in range(max_sequences)]
-    shapes: List[List[int]] = []
-    for lengths in (long, short, [min(max_seq_len, budget)]):
-        if lengths not in shapes:
-            shapes.append(lengths)
-    return shapes
-
-
-def _linear_guess(points: Sequence[Tuple[int, float]], lo: int, target: float) -> Optional[float]:
-    """Budget whose peak would be ``target`` on the line through the two measured points nearest lo."""
-    below = sorted(p for p in points if p[0] <= lo)
-    above = sorted(p for p in points if p[0] > lo)
-    pair = (below[-1], above[0]) if below and above else tuple(below[-2:])
-    if len(pair) < 2 or pair[1][0] == pair[0][0]:
-        return None
-    (b1, p1), (b2, p2) = pair
-    slope = (p2 - p1) / (b2 - b1)
-    if slope <= 0:
-        return None
-    return b1 + (target - p1) / slope
-
-
-def next_budget(lo: int, hi: Optional[int], points: Sequence[Tuple[int, float]], *, target: float,
-                tolerance: float, granularity: int = 1, upper: int = _INT32_LIMIT) -> int:
-    """The next budget to try: ``lo`` fit, ``hi`` did not (None: nothing failed yet).
-
-    ``points`` are measured ``(budget, peak_bytes)`` pairs (a budget that ran out of memory has
-    none). Aims just under the linear prediction of where the peak reaches ``target``, never closer
-    to ``lo`` than the tolerance and, once bracketed, never past 3/4 of the gap (so a bad
-    prediction still shrinks the bracket like a bisection would).
-    """
-    guess = _linear_guess(points, lo, target)
-    floor = lo * (1 + tolerance)  # if this fails, the bracket is within tolerance
-    aim = guess * (1 - tolerance / 5) if guess is not None else None
-    if hi is None:
-        candidate = lo * 2.0 if aim is None else min(max(aim, floor), lo * 16.0)
-    else:
-        ceiling = lo + 0.75 * (hi - lo)
-        candidate = math.sqrt(lo * hi) if aim is None or aim >= hi else aim
-        candidate = min(max(candidate, floor), ceiling)
-    candidate = min(candidate, upper)
-    budget = int(candidate) // granularity * granularity
-    return max(budget, lo + granularity)
-
-
-def search_budget(probe: Callable[[int], Tuple[bool, Optional[float], Optional[str]]], *, start: int,
-                  target: float, tolerance: float = 0.05, granularity: int = 1,
-                  upper: int = _INT32_LIMIT, max_probes: int = 30,
-                  on_probe: Optional[Callable[[dict], None]] = None) -> Tuple[Optional[int], List[dict]]:
-    """Largest budget ``probe`` accepts, to a relative gap ``<= tolerance``; ``(None, history)`` if ``start`` fails.
-
-    ``probe(budget) -> (fits, load or None, error or None)`` must already agree across ranks; ``load``
-    (e.g. peak bytes, or a fraction of usable memory) is about affine in the budget and fits up to
-    ``target``; None when the step ran out of memory.
-    """
-    lo: Optional[int] = None
-    hi: Optional[int] = None
-    points: List[Tuple[int, float]] = []
-    history: List[dict] = []
-    budget = start
-    while True:
-        fits, peak, error = probe(budget)
-        history.append({"budget": budget, "fits": fits, "load": peak, "error": error})
-        if on_probe is not None:
-            on_probe(history[-1])
-        if peak is not None:
-            points.append((budget, float(peak)))
-        if fits:
-            lo = budget
-        else:
-            hi = budget
-        if lo is None:
-            return None, history
-        done = (hi is not None and (hi <= lo * (1 + tolerance) or hi - lo <= granularity)) or lo + granularity > upper
-        if done or len(history) >= max_probes:
-            return lo, history
-        budget = next_budget(lo, hi, points, target=target, tolerance=tolerance, granularity=granularity,
-                             upper=upper)
-
-
-# ---- one training step on the device ----------------------------------------------------------------
-def default_loss(model: torch.nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
-    """``model(**batch).loss`` (transformers' convention); pass ``loss_fn=`` for anything else."""
-    output = model(**batch)
-    loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
-    if not torch.is_tensor(loss):
-        raise TypeError(f"{type(model).__name__}(**batch) returned no 'loss'; pass loss_fn=lambda model, "
-                        f"batch: ... returning the scalar training loss")
-    return loss
-
-
-def unwrap_ddp(model: torch.nn.Module) -> torch.nn.Module:
-    """The module inside DistributedDataParallel: its forward runs no collective, so one rank failing
-    cannot leave the others waiting (DDP broadcasts buffers in forward and reduces in backward)."""
-    ddp = torch.nn.parallel.DistributedDataParallel
-    return model.module if isinstance(model, ddp) else model
-
-
-class _TrainStep:
-    def __init__(self, model, optimizer, accelerator, loss_fn, accumulate: bool) -> None:
-        self.model = unwrap_ddp(model)
-        self.optimizer = getattr(optimizer, "optimizer", optimizer)  # step the inner one: no sync gating
-        self.accelerator = accelerator
-        self.loss_fn = loss_fn or default_loss
-        self.accumulate = accumulate
-
-    def __call__(self, batch) -> None:
-        loss = self.loss_fn(self.model, batch)
-        if self.accelerator is not None:
-            self.accelerator.backward(loss)
-        else:
-            loss.backward()
-        del loss
-        if self.optimizer is not None:
-            self.optimizer.step()
-        self.clear_grads()
-
-    def clear_grads(self) -> None:
-        # Under gradient accumulation the next micro-batch runs with gradients alive: keep them.
-        for p in self.model.parameters():
-            if self.accumulate and p.grad is not None:
-                p.grad.zero_()
-            else:
-                p.grad = None
-
-
-def _batch(lengths: Sequence[int], budget: int, collator: Optional[PackedCollator], vocab: int, device):
-    c = collator or PackedCollator()
-    make = PackedCollator(budget, pad_token_id=c.pad_token_id, label_pad_id=c.label_pad_id,
-                          pad_to_multiple_of=c.pad_to_multiple_of, static_shape=c.static_shape,
-                          max_sequences=c.max_sequences, pin_memory=False)
-    low = 3 if vocab > 3 else 0  # keep clear of pad/bos/eos ids
-    examples = [{"input_ids": (np.arange(n, dtype=np.int64) * 7919 + i) % (vocab - low) + low}
-                for i, n in enumerate(lengths)]
-    return make(examples).to(device)
-
-
-def _vocab_size(model: torch.nn.Module) -> int:
-    config = getattr(model, "config", None)
-    vocab = getattr(config, "vocab_size", None)
-    embeddings = getattr(model, "get_input_embeddings", None)
-    if vocab is None and callable(embeddings):
-        vocab = embeddings().num_embeddings
-    return int(vocab or 2)
+    expandable_segments: bool = False
 
 
 def _check_fraction(value: Any, name: str, example: str) -> float:
@@ -273,7 +117,8 @@ def calibrate(model, *, max_seq_len, accelerator=None, optimizer=None, collator=
                 "static_shape": bool(collator is not None and collator.static_shape),
                 "max_sequences": getattr(collator, "max_sequences", None),
                 "gradient_accumulation": gradient_accumulation_steps > 1,
-                "loss_fn": None if loss_fn is None else getattr(loss_fn, "__qualname__", repr(loss_fn))}
+                "loss_fn": None if loss_fn is None else getattr(loss_fn, "__qualname__", repr(loss_fn)),
+                "probe": _PROBE_KIND}
     ranks = getattr(accelerator, "num_processes", None) or world_size()
     key = calibration_key(unwrap_ddp(model), optimizer=optimizer, device=memory.describe(), world_size=ranks,
                           mixed_precision=getattr(accelerator, "mixed_precision", None), settings=settings)
@@ -289,12 +134,22 @@ def calibrate(model, *, max_seq_len, accelerator=None, optimizer=None, collator=
 
     step = _TrainStep(model, optimizer, accelerator, loss_fn, gradient_accumulation_steps > 1)
     vocab, device = _vocab_size(unwrap_ddp(model)), params[0].device
+    report.expandable_segments = isinstance(memory, CudaMemory) and expandable_segments()
+    if isinstance(memory, CudaMemory) and not report.expandable_segments:
+        logger.info("warppack: PYTORCH_CUDA_ALLOC_CONF has no expandable_segments:True; the budget leaves room for "
+                    "the caching allocator's fragmentation. Setting it (before CUDA starts) usually lets a larger "
+                    "budget fit; recalibrate after changing it (see docs/calibration.md)")
+    measured: List[dict] = []  # this rank's own peaks, per probe
 
     def probe(budget: int):
+        # Start where a training run starts: the optimizer state it was given (created afresh at the
+        # first step, carved out of whatever the allocator has cached then), no gradients, no cache.
+        snapshot.restore_optimizer()
+        step.clear_grads()
         memory.reset_peak()
         error = None
-        for lengths in pessimistic_lengths(budget, max_seq_len, short_len=short_len,
-                                           max_sequences=settings["max_sequences"]):
+        for lengths in probe_schedule(budget, max_seq_len, short_len=short_len,
+                                      max_sequences=settings["max_sequences"]):
             try:
                 step(_batch(lengths, budget, collator, vocab, device))
             except Exception as exc:  # noqa: BLE001 - only OOM is swallowed, below
@@ -306,20 +161,21 @@ def calibrate(model, *, max_seq_len, accelerator=None, optimizer=None, collator=
                 memory.release()
             if all_ranks_max([error is not None])[0]:
                 break  # some rank failed: all stop here, in lockstep
-        peak = memory.peak_bytes()
-        peaks.append(peak)
-        # Ranks may differ in memory: agree on the worst *fraction of usable memory*, so every rank
-        # sees the same numbers and takes the same branch of the search.
+        peak, allocated = memory.peak_bytes(), memory.peak_allocated_bytes()
+        measured.append({"peak_bytes": peak, "peak_allocated_bytes": allocated,
+                         "fragmentation_bytes": max(0, peak - allocated)})
+        # The headroom bounds the *reserved* peak: cached blocks too small for the next batch are
+        # not free memory. Ranks may differ in memory: agree on the worst fraction of usable memory,
+        # so every rank sees the same numbers and takes the same branch of the search.
         failed, load = all_ranks_max([error is not None, peak / target])
         fits = not failed and load <= 1.0
         return fits, (None if failed else load), error or ("(another rank ran out of memory)" if failed else None)
 
-    peaks: List[int] = []
     began = time.perf_counter()
-    with TrainingSnapshot(model, optimizer), Progress(desc="warppack: calibrating token budget", unit="probe",
-                                                     enabled=progress) as bar:
+    with TrainingSnapshot(model, optimizer) as snapshot, Progress(desc="warppack: calibrating token budget",
+                                                                   unit="probe", enabled=progress) as bar:
         model.train()
-        # One small step first: creates optimizer state and lazy buffers, so every probe sees them.
+        # One small step first: creates lazy buffers (and checks that weights + optimizer state fit).
         warmup = min(short_len, max_seq_len)
         error = None
         try:
@@ -341,8 +197,9 @@ def calibrate(model, *, max_seq_len, accelerator=None, optimizer=None, collator=
 
         budget, history = search_budget(probe, start=start, target=1.0, tolerance=tolerance,
                                         granularity=granularity, upper=upper, on_probe=on_probe)
-    for entry, peak in zip(history, peaks):
-        entry["peak_bytes"] = peak  # this rank's own peak (``load`` is the worst rank's fraction of usable)
+    memory.release()  # the probes' cached blocks: training starts from the allocator state a fresh process has
+    for entry, peaks in zip(history, measured):
+        entry.update(peaks)  # this rank's own peaks (``load`` is the worst rank's fraction of usable)
     report.probes, report.seconds = history, time.perf_counter() - began
     if budget is None:
         first = history[0]
@@ -359,7 +216,7 @@ def calibrate(model, *, max_seq_len, accelerator=None, optimizer=None, collator=
     report.max_tokens = -int(neg_budget)
     if cache:
         store_budget(key, report.max_tokens, cache_dir, probes=history, seconds=report.seconds)
-    logger.info("warppack: calibrated token budget %d on %s in %.1fs (%d probes; peak <= %s of %s)",
+    logger.info("warppack: calibrated token budget %d on %s in %.1fs (%d probes; peak reserved <= %s of %s)",
                 report.max_tokens, memory.name, report.seconds, len(history), format_bytes(target),
                 format_bytes(memory.total_bytes))
     return report

@@ -20,7 +20,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
-_last_packed_backend = [None]
+_last_packed_backend: list[Optional[str]] = [None]  # the kernel of the last packed probe forward
 PACKED_KEYS = ("position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import numbers
+import re
 from collections.abc import Mapping
-from typing import Any, List, Optional, Sequence, Union
+from itertools import repeat
+from operator import is_, itemgetter
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -17,10 +20,17 @@ from warppack._planning import check_max_tokens
 __all__ = ["PackedCollator", "as_token_array"]
 
 _INT64_MAX = np.iinfo(np.int64).max
+# The layout writer reads these in place (and widens while copying); others are converted once.
+_ENGINE_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
+_DICT = {dict}
+_NDARRAY = {np.ndarray}
+_NDARRAY_OR_NONE = {np.ndarray, type(None)}
+_INPUT_IDS = itemgetter("input_ids")
+_ENGINE_SEQUENCE = re.compile(r"^sequence (\d+) has token id")
 
 
 def as_token_array(value: Any, *, index: int, field: str) -> np.ndarray:
-    """Return ``value`` as a contiguous 1-D int64 array, or raise naming the example and field."""
+    """Return ``value`` as a contiguous 1-D int32/int64 array, or raise naming the example and field."""
     if torch.is_tensor(value):
         if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
             raise TypeError(
@@ -47,7 +57,7 @@ def as_token_array(value: Any, *, index: int, field: str) -> np.ndarray:
             f"example {index}: {field!r} holds {int(array.max())}, which overflows the int64 output; "
             f"token ids must be below 2**63"
         )
-    if array.dtype != np.int64 or not array.flags.c_contiguous:
+    if array.dtype not in _ENGINE_DTYPES or not array.flags.c_contiguous:
         array = np.ascontiguousarray(array, dtype=np.int64)
     return array
 
@@ -79,6 +89,17 @@ class PackedCollator:
     >>> batch["labels"].tolist()
     [[-100, 6, 7, -100, 9]]
     """
+
+    max_tokens: Optional[int]
+    pad_token_id: int
+    label_pad_id: int
+    pad_to_multiple_of: Optional[int]
+    static_shape: bool
+    max_sequences: Optional[int]
+    pin_memory: Union[bool, str]
+    overlong: str
+    skip_empty: bool
+    _pools: Dict[bool, BufferPool]
 
     def __init__(
         self,
@@ -128,12 +149,44 @@ class PackedCollator:
             raise ValueError("overlong='truncate' truncates to max_tokens; pass max_tokens=... too")
         self.overlong = overlong
         self.skip_empty = bool(skip_empty)
-        self._pools: dict = {}
+        self._pools = {}
 
     # -- examples -> arrays ------------------------------------------------------------------
-    def _arrays(self, examples: Sequence[Any]):
+    def _fast_arrays(self, examples: Sequence[Any]) -> Optional[Tuple[List[Any], Optional[List[Any]], List[int]]]:
+        """The common batch (dicts of non-empty int32/int64 arrays within budget), checked in bulk.
+
+        Returns None whenever anything is unusual; the per-example path then converts what it can
+        and names the example, field and value of anything it cannot. Widths, dimensions and
+        layouts are checked again when the engine takes the buffers (TypeError: per-example path).
+        """
+        # Whole-list builtins (map, set, all) rather than a Python loop: this runs once per batch
+        # and is most of the collator's Python time.
+        if set(map(type, examples)) - _DICT:
+            return None
+        try:
+            ids_list = list(map(_INPUT_IDS, examples))
+        except KeyError:
+            return None
+        if set(map(type, ids_list)) - _NDARRAY:
+            return None
+        lengths = list(map(len, ids_list))
+        if lengths and (min(lengths) == 0 or (self.max_tokens is not None and max(lengths) > self.max_tokens)):
+            return None
+        labels = list(map(dict.get, examples, repeat("labels")))
+        labels_list: Optional[List[Any]] = labels
+        if all(map(is_, labels, repeat(None))):  # not list.count: that compares arrays with ==
+            labels_list = None
+        elif set(map(type, labels)) - _NDARRAY_OR_NONE:
+            return None
+        masks = list(map(dict.get, examples, repeat("attention_mask")))
+        if not all(map(is_, masks, repeat(None))) and not all(np.asarray(m).all() for m in masks if m is not None):
+            return None
+        return ids_list, labels_list, lengths
+
+    def _arrays(self, examples: Sequence[Any]) -> Tuple[List[np.ndarray], List[Optional[np.ndarray]], List[int]]:
         ids_list: List[np.ndarray] = []
         labels_list: List[Optional[np.ndarray]] = []
+        kept: List[int] = []
         for index, example in enumerate(examples):
             if not isinstance(example, Mapping) or "input_ids" not in example:
                 got = sorted(example)[:6] if isinstance(example, Mapping) else type(example).__name__
@@ -175,17 +228,18 @@ class PackedCollator:
                     )
             ids_list.append(ids)
             labels_list.append(labels)
-        return ids_list, labels_list
+            kept.append(index)
+        return ids_list, labels_list, kept
 
     # -- sizes ------------------------------------------------------------------------------
-    def _shape(self, real_tokens: int, num_sequences: int):
+    def _shape(self, real_tokens: int, num_sequences: int) -> Tuple[int, int, bool]:
         if self.max_tokens is not None and real_tokens > self.max_tokens:
             raise ValueError(
                 f"the {num_sequences} examples of this batch hold {real_tokens} tokens, more than "
                 f"max_tokens={self.max_tokens}; form batches with warppack.PackedBatchSampler (or "
                 f"PackedIterableDataset), or raise max_tokens"
             )
-        if self.static_shape:
+        if self.static_shape and self.max_tokens is not None:  # __init__ ensures it is set
             total = self.max_tokens
         else:
             total = max(real_tokens, 1)  # an empty batch is one padding token: a zero-loss step
@@ -198,7 +252,7 @@ class PackedCollator:
         has_padding = total > real_tokens
         segments = num_sequences + has_padding
         if self.static_shape:
-            limit = self.max_sequences or self.max_tokens
+            limit = self.max_sequences or total
             if num_sequences > limit:
                 raise ValueError(
                     f"this batch has {num_sequences} sequences, more than max_sequences={limit}; raise "
@@ -214,7 +268,7 @@ class PackedCollator:
             num_cu = segments + 1
         return total, num_cu, has_padding
 
-    def _buffer(self, nbytes: int) -> tuple:
+    def _buffer(self, nbytes: int) -> Tuple[torch.Tensor, Optional[BufferPool]]:
         in_worker = torch.utils.data.get_worker_info() is not None
         pinned = self.pin_memory is True or (
             self.pin_memory == "auto" and not in_worker and torch.cuda.is_available()
@@ -235,40 +289,38 @@ class PackedCollator:
                 "PackedCollator takes a list of examples (what a DataLoader passes to collate_fn), "
                 "got a single mapping; wrap it in a list"
             )
-        ids_list, labels_list = self._arrays(examples)
-        lengths = [len(ids) for ids in ids_list]
+        fast = self._fast_arrays(examples)
+        if fast is not None:
+            try:
+                return self._pack(*fast)
+            except (TypeError, ValueError):
+                pass  # the per-example path below converts the input or says what is wrong with it
+        ids_list, labels_list, kept = self._arrays(examples)
+        try:
+            return self._pack(ids_list, labels_list, [len(ids) for ids in ids_list])
+        except ValueError as error:
+            raise ValueError(_name_example(str(error), kept)) from None
+
+    def _pack(self, ids_list: List[Any], labels_list: Optional[List[Any]], lengths: List[int]) -> PackedBatch:
         real_tokens = sum(lengths)
         total, num_cu, has_padding = self._shape(real_tokens, len(ids_list))
         layout = BufferLayout(total, num_cu)
         buffer, pool = self._buffer(layout.nbytes)
         host = buffer.numpy()
-        o = layout.offsets
-        seq_idx = host[o[3] : o[4]].view(np.int32)
-        try:
-            _packer.write_layout(
-                ids_list,
-                labels_list,
-                total,
-                num_cu,
-                self.pad_token_id,
-                self.label_pad_id,
-                host[o[0] : o[1]].view(np.int64),
-                host[o[1] : o[2]].view(np.int64),
-                host[o[2] : o[3]].view(np.int64),
-                seq_idx,
-                host[o[4] : layout.nbytes].view(np.int32),
-            )
-        except ValueError as error:
-            raise ValueError(f"{error} (in a batch of {len(ids_list)} examples)") from None
-        if has_padding:
-            seq_idx[real_tokens:total] = -1  # marks the padding segment: not a real sequence
-        max_length = self.max_tokens if self.static_shape else max(lengths + [total - real_tokens])
+        _packer.write_layout_into(
+            ids_list, labels_list, total, num_cu, self.pad_token_id, self.label_pad_id, host
+        )
+        if has_padding:  # marks the padding segment (seq_idx n from the writer) as no real sequence
+            at = layout.offsets[3]
+            host[at + 4 * real_tokens : at + 4 * total].view(np.int32)[:] = -1
+        padding = total - real_tokens
+        max_length = total if self.static_shape else max(max(lengths, default=0), padding)
         return PackedBatch._from_buffer(
             buffer,
             layout,
-            max_length=int(max_length),
+            max_length=max_length,
             num_sequences=len(ids_list),
-            num_padding=total - real_tokens,
+            num_padding=padding,
             on_copy=None if pool is None else pool.note_copy,
         )
 
@@ -278,3 +330,12 @@ class PackedCollator:
             f"label_pad_id={self.label_pad_id}, pad_to_multiple_of={self.pad_to_multiple_of}, "
             f"static_shape={self.static_shape}, pin_memory={self.pin_memory!r})"
         )
+
+
+def _name_example(message: str, kept: List[int]) -> str:
+    """An engine error names sequence i of the packed row; users know example kept[i]."""
+    match = _ENGINE_SEQUENCE.match(message)
+    if match is not None and int(match.group(1)) < len(kept):
+        index = kept[int(match.group(1))]
+        message = f"example {index}: 'input_ids' has token id{message[match.end():]} (check the tokenizer)"
+    return f"{message} (in a batch of {len(kept)} examples)"

@@ -11,10 +11,12 @@ import re
 import sysconfig
 import time
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 import torch
+
+from warppack._cli import EXIT_NOTHING_TO_PACK, EXIT_USAGE, CliError
 
 __all__ = ["add_arguments", "run", "stdlib_sequences"]
 
@@ -52,7 +54,7 @@ def stdlib_sequences(*, vocab_size: int = 2048, max_len: int = 512, max_bytes: i
 
 
 def _model(vocab_size: int, max_len: int, device: torch.device, attn: str):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, LlamaConfig
 
     width = 256 if device.type == "cuda" else 128  # a CPU run stays a couple of minutes
     config = LlamaConfig(
@@ -63,10 +65,12 @@ def _model(vocab_size: int, max_len: int, device: torch.device, attn: str):
         num_attention_heads=8 if device.type == "cuda" else 4,
         num_key_value_heads=4 if device.type == "cuda" else 2,
         max_position_embeddings=max_len,
-        attn_implementation=attn,
     )
     torch.manual_seed(0)
-    return LlamaForCausalLM(config).to(device)
+    # from_config is the public way to choose the attention of a config-built model (and checks the
+    # name); building under the device context puts the weights there without a CPU copy first.
+    with device:
+        return AutoModelForCausalLM.from_config(config, attn_implementation=attn)
 
 
 def _padded_batches(sequences, batch_size: int, seed: int):
@@ -97,7 +101,7 @@ def _train(model, batches, steps: int, device: torch.device) -> dict:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     real = slots = done = 0
     loss = float("nan")
-    start = None
+    start: Optional[float] = None  # set after the first (warm-up) step
     for batch, batch_real, batch_slots in batches:
         if done == 1:  # the first step warms up kernels and allocators; time the rest
             if device.type == "cuda":
@@ -114,6 +118,12 @@ def _train(model, batches, steps: int, device: torch.device) -> dict:
         real, slots, done = real + batch_real, slots + batch_slots, done + 1
         if done > steps:
             break
+    if start is None:  # the data ran out before a step could be timed
+        raise CliError(
+            f"the data gave only {done} batch(es); the demo needs 2 (one warm-up, one timed): "
+            f"lower --batch-size or --max-len",
+            EXIT_NOTHING_TO_PACK,
+        )
     if device.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
@@ -129,6 +139,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    for name, value in (("--steps", args.steps), ("--batch-size", args.batch_size), ("--max-len", args.max_len)):
+        if value <= 0:
+            raise CliError(f"{name} must be a positive integer, got {value}", EXIT_USAGE)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     import warppack
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -68,10 +68,10 @@ def resolve_replicas(num_replicas: Optional[int], rank: Optional[int], *, owner:
 
 
 # -- equal steps for streams ---------------------------------------------------------------------
-_GLOO_GROUPS: dict = {}
+_GLOO_GROUPS: Dict[int, Any] = {}  # id(group) -> its gloo twin
 
 
-def _flag_group(group):
+def _flag_group(group: Any) -> Any:
     """A gloo group for one-int flags: CPU tensors, so no device sync in the training loop."""
     if dist.get_backend(group) == "gloo":
         return group
@@ -103,11 +103,11 @@ def _empty_batch_factory(batches: Any) -> Callable[[], Any]:
 
 
 def equal_steps(
-    batches: Iterable,
+    batches: Iterable[Any],
     *,
     empty_batch: Optional[Callable[[], Any]] = None,
     group: Any = None,
-) -> Iterator:
+) -> Iterator[Any]:
     """Yield ``batches``, then empty batches until every rank's stream has ended: equal step counts.
 
     For streams whose length nobody knows in advance (a :class:`~warppack.PackedIterableDataset`
@@ -129,7 +129,7 @@ def equal_steps(
     return _equal_steps(batches, empty_batch, group)
 
 
-def _equal_steps(batches, empty_batch, group):
+def _equal_steps(batches: Iterable[Any], empty_batch: Optional[Callable[[], Any]], group: Any) -> Iterator[Any]:
     if not is_distributed() or dist.get_world_size(group) == 1:
         yield from batches
         return
@@ -152,7 +152,7 @@ def _equal_steps(batches, empty_batch, group):
 
 
 # -- loss normalisation --------------------------------------------------------------------------
-def _collective_device(group, fallback: torch.device) -> torch.device:
+def _collective_device(group: Any, fallback: torch.device) -> torch.device:
     if dist.get_backend(group) == "nccl" and fallback.type != "cuda":
         return torch.device("cuda", torch.cuda.current_device())
     return fallback
@@ -171,7 +171,7 @@ def global_num_label_tokens(labels: Any, *, group: Any = None, ignore_index: int
     parts = labels if isinstance(labels, (list, tuple)) else [labels]
     if not parts:
         raise ValueError("global_num_label_tokens got an empty list; pass the labels of this step")
-    count = None
+    count: Optional[torch.Tensor] = None
     for part in parts:
         if isinstance(part, Mapping):
             part = part["labels"]
@@ -179,6 +179,7 @@ def global_num_label_tokens(labels: Any, *, group: Any = None, ignore_index: int
             part = torch.as_tensor(part)
         local = (part != ignore_index).sum().to(torch.int64)
         count = local if count is None else count + local.to(count.device)
+    assert count is not None, "parts is not empty (checked above)"
     if is_distributed() and dist.get_world_size(group) > 1:
         device = count.device
         count = count.to(_collective_device(group, device))

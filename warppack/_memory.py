@@ -4,8 +4,10 @@ Three kinds of things live here, each tiny and testable on its own:
 
 * classifiers: :func:`is_oom_error` says whether an exception is an out-of-memory error;
 * probes: :class:`DeviceMemory` is what the calibrator needs from a device (a name, its total
-  memory, the peak since a reset). :class:`CudaMemory` reads the CUDA caching allocator; tests
+  memory, the peak *reserved* since a reset -- what is not free -- and the peak *allocated*, whose
+  difference is fragmentation). :class:`CudaMemory` reads the CUDA caching allocator; tests
   subclass it with a simulated device, so the real search code runs on CPU unchanged;
+  :func:`allocator_config` / :func:`expandable_segments` say how the caching allocator is set up;
 * rank agreement: :func:`all_ranks_max` (element-wise MAX over ranks, identity without a process
   group), so every rank takes the same branch of a retry loop;
 * :class:`TrainingSnapshot`: what a measuring step changes (weights, gradients, optimizer state,
@@ -21,12 +23,13 @@ False
 from __future__ import annotations
 
 import gc
+import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
 __all__ = ["is_oom_error", "DeviceMemory", "CudaMemory", "device_memory", "no_cuda_reason", "TrainingSnapshot",
-           "all_ranks_max", "world_size", "format_bytes"]
+           "all_ranks_max", "world_size", "format_bytes", "allocator_config", "expandable_segments"]
 
 # Messages of allocators that do not raise torch.OutOfMemoryError (older torch, cuBLAS/cuDNN
 # workspaces, MPS, the CPU allocator). Same list as accelerate's should_reduce_batch_size, minus
@@ -51,6 +54,32 @@ def is_oom_error(error: BaseException) -> bool:
     return False
 
 
+def allocator_config() -> str:
+    """The caching allocator's settings as the user gave them (``PYTORCH_ALLOC_CONF``, or its older
+    name ``PYTORCH_CUDA_ALLOC_CONF``), whitespace removed; ``""`` for the defaults.
+
+    >>> os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"; allocator_config()
+    'expandable_segments:True'
+    >>> del os.environ["PYTORCH_CUDA_ALLOC_CONF"]
+    """
+    conf = os.environ.get("PYTORCH_ALLOC_CONF") or os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or ""
+    return "".join(conf.split())
+
+
+def expandable_segments(conf: Optional[str] = None) -> bool:
+    """Whether ``conf`` (default: :func:`allocator_config`) turns on expandable segments.
+
+    >>> expandable_segments("max_split_size_mb:128,expandable_segments:True")
+    True
+    """
+    conf = allocator_config() if conf is None else conf
+    for option in conf.split(","):
+        key, _, value = option.partition(":")
+        if key.strip() == "expandable_segments":
+            return value.strip().lower() in ("true", "1")
+    return False
+
+
 def format_bytes(n: Union[int, float]) -> str:
     """``format_bytes(3 * 2**30) == '3.00 GiB'``."""
     return f"{n / 2**30:.2f} GiB"
@@ -72,8 +101,13 @@ class DeviceMemory:
         raise NotImplementedError
 
     def peak_bytes(self) -> int:
-        """Peak bytes in use since :meth:`reset_peak`."""
+        """Peak bytes *reserved* (not free) since :meth:`reset_peak`: what must stay under the headroom."""
         raise NotImplementedError
+
+    def peak_allocated_bytes(self) -> int:
+        """Peak bytes held by live tensors since :meth:`reset_peak` (reported; reserved minus this is
+        fragmentation). A device that does not tell them apart returns :meth:`peak_bytes`."""
+        return self.peak_bytes()
 
     def release(self) -> None:
         """Free what can be freed after an out-of-memory error (garbage, cached blocks)."""
@@ -109,8 +143,19 @@ class CudaMemory(DeviceMemory):
         self._outside = self._held_outside_allocator()
 
     def peak_bytes(self) -> int:
+        # Reserved, not allocated: cached blocks the allocator cannot reuse for the next shape are
+        # not free either, and a step fails when reserved + outside reaches the device's total.
         torch.cuda.synchronize(self.device)
         return int(torch.cuda.max_memory_reserved(self.device)) + self._outside
+
+    def peak_allocated_bytes(self) -> int:
+        torch.cuda.synchronize(self.device)
+        return int(torch.cuda.max_memory_allocated(self.device)) + self._outside
+
+    def describe(self) -> dict:
+        # Fragmentation, hence the reserved peaks the budget is chosen from, depends on the allocator.
+        backend = torch.cuda.get_allocator_backend() if hasattr(torch.cuda, "get_allocator_backend") else "native"
+        return {**super().describe(), "allocator": {"backend": backend, "conf": allocator_config()}}
 
     def release(self) -> None:
         gc.collect()
@@ -213,30 +258,37 @@ class TrainingSnapshot:
             tensor.copy_(copy)
         for p, grad in self.grads:
             p.grad = None if grad is None else grad.to(p.device)
-        if self.optimizer is not None:
-            state = self.optimizer.state
-            for p in [p for p in state if p not in self.state]:
-                del state[p]  # state the probes created (the usual case: calibrate before training)
-            for p, entries in self.state.items():
-                current = state[p]
-                for k in [k for k in current if k not in entries]:
-                    del current[k]
-                for k, (value, device) in entries.items():
-                    old = current.get(k)
-                    if device is not None and torch.is_tensor(old) and old.shape == value.shape:
-                        old.copy_(value)
-                    else:
-                        current[k] = value.to(device) if device is not None else _deepcopy(value)
-            for group, hyper in zip(self.optimizer.param_groups, self.groups):
-                for k in [k for k in group if k != "params" and k not in hyper]:
-                    del group[k]
-                group.update({k: _deepcopy(v) for k, v in hyper.items()})
+        self.restore_optimizer()
         random.setstate(self.rng[0])
         np.random.set_state(self.rng[1])
         torch.set_rng_state(self.rng[2])
         if self.rng[3] is not None:
             torch.cuda.set_rng_state_all(self.rng[3])
         self.model.train(self.training)
+
+    @torch.no_grad()
+    def restore_optimizer(self) -> None:
+        """Put the optimizer's state and hyperparameters back as they were (state created since is
+        dropped): each calibration probe starts, like a training run, from the state it was given."""
+        if self.optimizer is None:
+            return
+        state = self.optimizer.state
+        for p in [p for p in state if p not in self.state]:
+            del state[p]  # state the probes created (the usual case: calibrate before training)
+        for p, entries in self.state.items():
+            current = state[p]
+            for k in [k for k in current if k not in entries]:
+                del current[k]
+            for k, (value, device) in entries.items():
+                old = current.get(k)
+                if device is not None and torch.is_tensor(old) and old.shape == value.shape:
+                    old.copy_(value)
+                else:
+                    current[k] = value.to(device) if device is not None else _deepcopy(value)
+        for group, hyper in zip(self.optimizer.param_groups, self.groups):
+            for k in [k for k in group if k != "params" and k not in hyper]:
+                del group[k]
+            group.update({k: _deepcopy(v) for k, v in hyper.items()})
 
 
 def _host(tensor: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from warppack._batch import PackedBatch, unpack
-from warppack._calibration import default_loss, unwrap_ddp
+from warppack._calibration_step import default_loss, unwrap_ddp
 from warppack._collator import PackedCollator
 from warppack._memory import all_ranks_max, is_oom_error, world_size
 

@@ -24,6 +24,20 @@ cdef extern from "warppack/planner.hpp" namespace "warppack" nogil:
         const int64_t* lengths, int64_t n, const PlanOptions& options, int64_t pieces,
         int64_t* items, int64_t* starts, int64_t* sizes, int64_t* bin_offsets) except +
 
+    cbool cpp_plan_whole "warppack::plan_whole"(
+        const int32_t* lengths, int64_t n, const PlanOptions& options, int64_t* items,
+        int64_t** bin_offsets, int64_t* num_bins, int64_t* num_tokens) except +
+    cbool cpp_plan_whole "warppack::plan_whole"(
+        const int64_t* lengths, int64_t n, const PlanOptions& options, int64_t* items,
+        int64_t** bin_offsets, int64_t* num_bins, int64_t* num_tokens) except +
+    void cpp_free_plan_buffer "warppack::free_plan_buffer"(int64_t* buffer)
+
+
+cdef class _EngineArray:
+    cdef int64_t* data
+    cdef Py_ssize_t shape[1]
+    cdef Py_ssize_t strides[1]
+
 
 cdef extern from "warppack/online.hpp" namespace "warppack" nogil:
     cdef cppclass CppOnlinePacker "warppack::OnlinePacker":
@@ -44,10 +58,12 @@ cdef extern from "warppack/online.hpp" namespace "warppack" nogil:
 
 cdef extern from "warppack/layout.hpp" namespace "warppack" nogil:
     cdef cppclass LayoutSequence:
-        const int64_t* ids
+        const void* ids
         int64_t length
-        const int64_t* labels
+        const void* labels
         int64_t labels_length
+        int32_t ids_itemsize
+        int32_t labels_itemsize
 
     cdef cppclass LayoutOutput:
         int64_t* input_ids
@@ -64,6 +80,9 @@ cdef extern from "warppack/layout.hpp" namespace "warppack" nogil:
     void cpp_write_layout "warppack::write_layout"(
         const LayoutSequence* sequences, int64_t n, int64_t total_tokens, int64_t num_cu,
         int64_t pad_token_id, int64_t label_pad_id, const LayoutOutput& out) except +
+    void cpp_write_layout_buffer "warppack::write_layout_buffer"(
+        const LayoutSequence* sequences, int64_t n, int64_t total_tokens, int64_t num_cu,
+        int64_t pad_token_id, int64_t label_pad_id, void* buffer, int64_t nbytes) except +
 
 
 cdef class OnlinePacker:

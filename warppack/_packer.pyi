@@ -34,6 +34,24 @@ def plan_lengths(
     ``bin_offsets[b]:bin_offsets[b + 1]``, longest first.
     """
 
+def plan_whole(
+    lengths: npt.NDArray[np.int32] | npt.NDArray[np.int64],
+    max_tokens: int,
+    strategy: int,
+    max_seqs_per_bin: int,
+    overlong: int,
+    shuffle: bool,
+    seed: int,
+) -> Optional[Tuple[Int64Array, Int64Array, int]]:
+    """The ``plan_lengths`` plan of bfd (0) or ffd (1) when every example fits whole, in less memory.
+
+    Returns ``(items, bin_offsets, num_tokens)``: one index per example (bin b is
+    ``items[bin_offsets[b]:bin_offsets[b + 1]]``) and the sum of the lengths; the bins are exactly
+    those of ``plan_lengths`` with the same arguments. Returns None when ``overlong`` is truncate or
+    split and some example is longer than ``max_tokens`` (call ``plan_lengths``); raises like it
+    otherwise. Uses 12 bytes per example (output included) and about 16 per bin.
+    """
+
 class OnlinePacker:
     """Best-fit packing of a stream over a window of at most ``buffer_size`` pending items.
 
@@ -64,9 +82,11 @@ class OnlinePacker:
     @property
     def buffer_size(self) -> int: ...
 
+TokenArray = npt.NDArray[np.int32] | npt.NDArray[np.int64]
+
 def write_layout(
-    ids: Sequence[Int64Array],
-    labels: Optional[Sequence[Optional[Int64Array]]],
+    ids: Sequence[TokenArray],
+    labels: Optional[Sequence[Optional[TokenArray]]],
     total_tokens: int,
     num_cu: int,
     pad_token_id: int,
@@ -79,10 +99,27 @@ def write_layout(
 ) -> None:
     """Writes one packed row (the "Batch buffer" contract of docs/architecture.md).
 
-    Inputs are C-contiguous 1-D int64 arrays (labels entries may be None: the ids are used). The
+    Inputs are C-contiguous 1-D int32 or int64 arrays, read in place and widened while copying
+    (labels entries may be None: the ids are used). The
     four token outputs must hold exactly ``total_tokens`` entries (< 2**31) and ``cu_seqlens_out``
     exactly ``num_cu`` (>= n + 1, plus one when there is padding); all outputs must be writable
     C-contiguous arrays (use ``tensor.numpy()`` for torch CPU tensors). The first label of every
     sequence and all padding labels become ``label_pad_id``; the padding segment has positions
     0.., seq_idx n, and ``cu_seqlens`` ends with ``total_tokens`` repeated up to ``num_cu``.
     """
+
+def write_layout_into(
+    ids: Sequence[TokenArray],
+    labels: Optional[Sequence[Optional[TokenArray]]],
+    total_tokens: int,
+    num_cu: int,
+    pad_token_id: int,
+    label_pad_id: int,
+    buffer: npt.NDArray[np.uint8],
+) -> None:
+    """``write_layout`` into one writable, 8-byte aligned, C-contiguous uint8 buffer of at least
+    ``28 * total_tokens + 4 * num_cu`` bytes: input_ids, labels, position_ids (int64), seq_idx,
+    cu_seqlens (int32), back to back (``warppack._batch.BufferLayout``). One buffer to hand over
+    instead of five views: this runs once per batch.
+    """
+

@@ -69,7 +69,7 @@ class _BinView(Sequence):
     def __len__(self) -> int:
         return len(self._offsets) - 1
 
-    def __getitem__(self, index):  # type: ignore[override]
+    def __getitem__(self, index: Any) -> Any:
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         n = len(self)
@@ -93,25 +93,48 @@ class Plan:
 
     ``items[k]`` is the example of the k-th packed piece and ``starts[k]``/``sizes[k]`` its token
     range (the whole example unless ``overlong`` truncated or split it). Bin ``b`` is
-    ``items[bin_offsets[b]:bin_offsets[b + 1]]``.
+    ``items[bin_offsets[b]:bin_offsets[b + 1]]``. When every example is packed whole (the usual
+    case) only ``items`` and ``bin_offsets`` are stored; ``starts``/``sizes`` are built on first use
+    from the planned lengths, which the plan keeps a reference to (do not modify them in place).
     """
 
     def __init__(
         self,
         *,
         items: np.ndarray,
-        starts: np.ndarray,
-        sizes: np.ndarray,
         bin_offsets: np.ndarray,
         max_tokens: int,
         strategy: str,
+        starts: Optional[np.ndarray] = None,
+        sizes: Optional[np.ndarray] = None,
+        lengths: Optional[np.ndarray] = None,
+        num_tokens: Optional[int] = None,
     ) -> None:
+        if (starts is None or sizes is None) and lengths is None:
+            raise ValueError("a Plan needs starts and sizes, or the lengths of whole examples")
         self.items = items
-        self.starts = starts
-        self.sizes = sizes
         self.bin_offsets = bin_offsets
         self.max_tokens = max_tokens
         self.strategy = strategy
+        self._starts = starts
+        self._sizes = sizes
+        self._lengths = lengths
+        self._num_tokens = num_tokens
+
+    @property
+    def starts(self) -> np.ndarray:
+        """First token of each piece (int64); all zero when every example is packed whole."""
+        if self._starts is None:
+            self._starts = np.zeros(len(self.items), dtype=np.int64)
+        return self._starts
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """Tokens of each piece (int64)."""
+        if self._sizes is None:
+            assert self._lengths is not None  # __init__ checked
+            self._sizes = self._lengths.take(self.items).astype(np.int64, copy=False)
+        return self._sizes
 
     @property
     def bins(self) -> Sequence:
@@ -125,7 +148,9 @@ class Plan:
     @property
     def num_tokens(self) -> int:
         """Real tokens packed (after truncation, if any)."""
-        return int(self.sizes.sum())
+        if self._num_tokens is None:
+            self._num_tokens = int(self.sizes.sum())
+        return self._num_tokens
 
     def bin_tokens(self) -> np.ndarray:
         """Real tokens in each bin (int64, one entry per bin)."""
@@ -191,6 +216,15 @@ def plan(
     buffer_size = check_max_tokens(buffer_size, name="buffer_size")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed must be an int, got {seed!r}")
+    if strategy != "online":
+        whole = _packer.plan_whole(
+            array, budget, STRATEGIES[strategy], max_seqs_per_bin or 0, OVERLONG_POLICIES[overlong],
+            bool(shuffle), int(seed) % 2**64,
+        )
+        if whole is not None:
+            items, offsets, tokens = whole
+            return Plan(items=items, bin_offsets=offsets, max_tokens=budget, strategy=strategy,
+                        lengths=array, num_tokens=tokens)
     items, starts, sizes, offsets = _packer.plan_lengths(
         array,
         budget,

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
-    from warppack._stats import Stats
+    from warppack._stats_numbers import Stats
 
 __all__ = ["MatplotlibMissing", "stats_figure"]
 

@@ -5,11 +5,15 @@
 
 namespace warppack {
 
+// Token sources are read in place as int32 or int64 (Arrow columns are often int32): widening
+// while copying costs nothing, converting first would cost an allocation and a pass per example.
 struct LayoutSequence {
-  const int64_t* ids = nullptr;
+  const void* ids = nullptr;
   int64_t length = 0;
-  const int64_t* labels = nullptr;  // nullptr: labels are the ids
+  const void* labels = nullptr;  // nullptr: labels are the ids
   int64_t labels_length = 0;
+  int32_t ids_itemsize = 8;     // bytes per id: 4 (int32) or 8 (int64)
+  int32_t labels_itemsize = 8;  // bytes per label: 4 or 8
 };
 
 struct LayoutOutput {
@@ -26,9 +30,16 @@ struct LayoutOutput {
 };
 
 // Writes n sequences then a padding segment up to total_tokens. Checks every size first (outputs
-// must hold exactly total_tokens and num_cu entries); throws std::invalid_argument on any misuse
-// and on negative token ids (the outputs are then partially written).
+// must hold exactly total_tokens and num_cu entries, itemsizes 4 or 8); throws std::invalid_argument
+// on any misuse and on negative token ids (the outputs are then partially written).
 void write_layout(const LayoutSequence* sequences, int64_t n, int64_t total_tokens, int64_t num_cu,
                   int64_t pad_token_id, int64_t label_pad_id, const LayoutOutput& out);
+
+// The same row inside one byte buffer, at the offsets of docs/architecture.md ("Batch buffer",
+// mirrored by warppack._batch.BufferLayout): input_ids, labels, position_ids as int64[total_tokens],
+// then seq_idx int32[total_tokens], then cu_seqlens int32[num_cu]. The buffer must be 8-byte
+// aligned and hold at least that many bytes.
+void write_layout_buffer(const LayoutSequence* sequences, int64_t n, int64_t total_tokens, int64_t num_cu,
+                         int64_t pad_token_id, int64_t label_pad_id, void* buffer, int64_t nbytes);
 
 }  // namespace warppack
