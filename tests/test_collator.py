@@ -122,6 +122,19 @@ def test_buffer_is_reused_only_when_nobody_holds_the_batch():
     assert pool.allocations <= 3
 
 
+def test_a_batch_nobody_has_read_yet_still_owns_its_buffer():
+    # Views are made on first access; the batch must hold its buffer before that, or the pool
+    # would hand the same memory to the next batch.
+    collate = PackedCollator()
+    unread = collate([{"input_ids": list(range(1, 50))}])
+    other = collate([{"input_ids": list(range(100, 150))}])
+    assert unread.storage_ptr() != other.storage_ptr()
+    clone = pickle.loads(pickle.dumps(unread))  # what a DataLoader worker sends: keys not read yet
+    assert unread["input_ids"][0, :3].tolist() == [1, 2, 3] == clone["input_ids"][0, :3].tolist()
+    assert len(unread) == len(clone) == 8 and set(unread) == set(clone)
+    assert unread.num_tokens == 49 and other.input_ids[0, 0].item() == 100
+
+
 @pytest.mark.parametrize(
     "examples, error, match",
     [

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any, List, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 import torch
 
@@ -12,6 +12,7 @@ __all__ = ["PackedBatch", "BufferLayout", "unpack", "TENSOR_KEYS"]
 #: Keys holding tensors, in buffer order; the int keys follow.
 TENSOR_KEYS = ("input_ids", "labels", "position_ids", "seq_idx", "cu_seq_lens_q", "cu_seq_lens_k")
 _INT_KEYS = ("max_length_q", "max_length_k")
+_KEYS = (*TENSOR_KEYS, *_INT_KEYS)
 
 
 class BufferLayout:
@@ -62,6 +63,11 @@ class PackedBatch(Mapping):
     libraries that rebuild mappings key by key (HF Trainer's input preparation) do.
     """
 
+    # A batch made from a buffer creates its tensor views on first access: the usual first call is
+    # ``.to(device)``, which copies the buffer and never needs the host views (five torch ops, about
+    # a quarter of collating an 8k-token batch), and a batch from a worker pickles one tensor.
+    _data: Optional[Dict[str, Any]]
+
     def __init__(
         self,
         data: Mapping[str, Any],
@@ -72,13 +78,14 @@ class PackedBatch(Mapping):
         _layout: Optional[BufferLayout] = None,
         _on_copy: Any = None,
     ) -> None:
-        missing = [key for key in (*TENSOR_KEYS, *_INT_KEYS) if key not in data]
+        missing = [key for key in _KEYS if key not in data]
         if missing:
             raise KeyError(
                 f"a PackedBatch needs the keys {list(TENSOR_KEYS + _INT_KEYS)}; missing {missing}. "
                 f"Build batches with warppack.PackedCollator"
             )
         self._data = dict(data)
+        self._max_length = self._data["max_length_q"]
         self._num_sequences = num_sequences
         self._num_padding = num_padding
         self._buffer = _buffer
@@ -96,90 +103,107 @@ class PackedBatch(Mapping):
         num_padding: int,
         on_copy: Any = None,
     ) -> "PackedBatch":
-        ids, labels, positions, seq_idx, cu = layout.views(buffer)
-        data = {
-            "input_ids": ids,
-            "labels": labels,
-            "position_ids": positions,
-            "seq_idx": seq_idx,
-            "cu_seq_lens_q": cu,
-            "cu_seq_lens_k": cu,
-            "max_length_q": max_length,
-            "max_length_k": max_length,
-        }
         # Every key is there by construction: skip __init__'s check and copy (once per batch).
         batch = cls.__new__(cls)
-        batch._data = data
+        batch._data = None  # views made on first access (see _items)
+        batch._max_length = max_length
         batch._num_sequences = num_sequences
         batch._num_padding = num_padding
-        batch._buffer = buffer
+        # A view of its own, not the pool's tensor: it holds a reference to the storage, which is
+        # how the pool knows the buffer is still in use before any key has been read.
+        batch._buffer = buffer[: layout.nbytes]
         batch._layout = layout
         batch._on_copy = on_copy
         return batch
 
+    def _items(self) -> Dict[str, Any]:
+        data = self._data
+        if data is None:
+            assert self._buffer is not None and self._layout is not None  # set together in _from_buffer
+            ids, labels, positions, seq_idx, cu = self._layout.views(self._buffer)
+            data = self._data = {
+                "input_ids": ids,
+                "labels": labels,
+                "position_ids": positions,
+                "seq_idx": seq_idx,
+                "cu_seq_lens_q": cu,
+                "cu_seq_lens_k": cu,
+                "max_length_q": self._max_length,
+                "max_length_k": self._max_length,
+            }
+        return data
+
     # -- Mapping -----------------------------------------------------------------------------
     def __getitem__(self, key: str) -> Any:
-        return self._data[key]
+        return self._items()[key]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._data)
+        return iter(_KEYS if self._data is None else self._data)
 
     def __len__(self) -> int:
-        return len(self._data)
+        return len(_KEYS) if self._data is None else len(self._data)
 
     def __setitem__(self, key: str, value: Any) -> None:
         # Trainers add flags such as ``use_cache=False`` before the forward (TRL's SFTTrainer does).
         # Replacing one of the packed tensors detaches the batch from its single buffer, so later
         # moves copy tensor by tensor instead of copying a buffer that no longer matches.
+        data = self._items()
         if key in TENSOR_KEYS:
             self._buffer = None
             self._layout = None
-        self._data[key] = value
+        data[key] = value
 
     def __delitem__(self, key: str) -> None:
         if key in TENSOR_KEYS or key in _INT_KEYS:
             raise KeyError(f"{key!r} is part of the packed layout and cannot be removed")
-        del self._data[key]
+        del self._items()[key]
 
     def __getattr__(self, name: str) -> Any:
         # Attribute access to keys (batch.input_ids), as BatchEncoding allows.
-        data = self.__dict__.get("_data")
-        if data is not None and name in data:
-            return data[name]
+        state = self.__dict__
+        if "_data" in state and (name in _KEYS or (state["_data"] is not None and name in state["_data"])):
+            return self._items()[name]
         raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
     # -- statistics --------------------------------------------------------------------------
     @property
     def num_tokens(self) -> int:
         """Real (non-padding) tokens in the batch."""
-        return int(self._data["input_ids"].shape[-1]) - self.num_padding
+        return self._total_tokens() - self.num_padding
 
     @property
     def num_padding(self) -> int:
         """Padding tokens added for ``pad_to_multiple_of`` or ``static_shape``."""
         if self._num_padding is None:
-            self._num_padding = int((self._data["seq_idx"] < 0).sum())
+            self._num_padding = int((self._items()["seq_idx"] < 0).sum())
         return self._num_padding
 
     @property
     def num_sequences(self) -> int:
         """Real sequences in the batch (the padding segment and empty tail segments excluded)."""
         if self._num_sequences is None:
-            cu = self._data["cu_seq_lens_q"]
+            cu = self._items()["cu_seq_lens_q"]
             nonempty = int((cu[1:] > cu[:-1]).sum())
             self._num_sequences = nonempty - (1 if self.num_padding else 0)
         return self._num_sequences
 
     @property
     def device(self) -> torch.device:
-        return self._data["input_ids"].device
+        if self._buffer is not None:
+            return self._buffer.device
+        return self._items()["input_ids"].device
+
+    def _total_tokens(self) -> int:
+        if self._layout is not None:
+            return self._layout.total_tokens
+        return int(self._items()["input_ids"].shape[-1])
 
     # -- movement ----------------------------------------------------------------------------
     def _with_buffer(self, buffer: torch.Tensor, layout: BufferLayout) -> "PackedBatch":
         return PackedBatch._from_buffer(
             buffer,
             layout,
-            max_length=self._data["max_length_q"],
+            max_length=self._max_length if self._data is None else self._data["max_length_q"],
             num_sequences=self.num_sequences,
             num_padding=self.num_padding,
         )
@@ -195,12 +219,12 @@ class PackedBatch(Mapping):
         if self._buffer is None or self._layout is None:  # set and cleared together
             moved = {
                 k: v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v
-                for k, v in self._data.items()
+                for k, v in self._items().items()
             }
             return PackedBatch(moved, num_sequences=self._num_sequences, num_padding=self._num_padding)
         if self._buffer.device == device:
             return self
-        buffer = self._buffer[: self._layout.nbytes].to(device, non_blocking=non_blocking)
+        buffer = self._buffer.to(device, non_blocking=non_blocking)
         if self._on_copy is not None:
             # Lets the pinned pool know when an async copy out of its buffer has finished.
             self._on_copy(self._buffer, device)
@@ -215,21 +239,21 @@ class PackedBatch(Mapping):
     def pin_memory(self, device: Any = None) -> "PackedBatch":
         """Return the batch with its buffer in pinned memory (one copy); used by ``DataLoader(pin_memory=True)``."""
         if self._buffer is None or self._layout is None:
-            pinned = {k: v.pin_memory() if torch.is_tensor(v) else v for k, v in self._data.items()}
+            pinned = {k: v.pin_memory() if torch.is_tensor(v) else v for k, v in self._items().items()}
             return PackedBatch(pinned, num_sequences=self._num_sequences, num_padding=self._num_padding)
         if self._buffer.is_pinned():
             return self
-        return self._with_buffer(self._buffer[: self._layout.nbytes].pin_memory(), self._layout)
+        return self._with_buffer(self._buffer.pin_memory(), self._layout)
 
     def storage_ptr(self) -> Optional[int]:
         """Data pointer of the one buffer behind every tensor (None for a batch rebuilt from a dict)."""
         return None if self._buffer is None else self._buffer.data_ptr()
 
     def __repr__(self) -> str:
-        t = int(self._data["input_ids"].shape[-1])
+        t = self._total_tokens()
         return (
             f"PackedBatch(num_sequences={self.num_sequences}, num_tokens={self.num_tokens}, "
-            f"num_padding={self.num_padding}, total={t}, max_length={self._data['max_length_q']}, "
+            f"num_padding={self.num_padding}, total={t}, max_length={self['max_length_q']}, "
             f"device={self.device})"
         )
 
