@@ -3,9 +3,23 @@
 import os
 import sys
 
-import numpy
-from Cython.Build import cythonize
-from setuptools import Extension, setup
+import re
+
+import setuptools
+
+# pyproject.toml states the license as a PEP 639 expression, which setuptools < 77 rejects with a
+# schema error that does not say what to do. An isolated build fetches a new enough setuptools; a
+# build with --no-build-isolation uses whatever the environment has, so say so plainly.
+_SETUPTOOLS = tuple(int(part) for part in re.findall(r"\d+", setuptools.__version__)[:2])
+if _SETUPTOOLS < (77, 0):
+    sys.exit(
+        f"warppack needs setuptools>=77 to build (this environment has {setuptools.__version__}): "
+        f"run `pip install -U 'setuptools>=77'`, or build without --no-build-isolation"
+    )
+
+import numpy  # noqa: E402
+from Cython.Build import cythonize  # noqa: E402
+from setuptools import Extension, setup  # noqa: E402
 
 CPP_SOURCES = ["cpp/planner.cpp", "cpp/whole.cpp", "cpp/online.cpp", "cpp/layout.cpp"]
 

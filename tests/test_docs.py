@@ -38,13 +38,38 @@ def _nav_pages(nav) -> list:
 
 def _build(config_path: Path, site: Path, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "-f", str(config_path), "-d", str(site)],
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(config_path), "-d", str(site)],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=600,
         env=dict(os.environ, NO_COLOR="1"),
     )
+
+
+def _copied_config(tmp_path: Path, config: dict, edits: dict) -> Path:
+    """mkdocs.yml for a copy of docs/ in ``tmp_path`` with ``edits`` (page -> text) written over it."""
+    yaml = pytest.importorskip("yaml")
+    docs = tmp_path / "docs"
+    shutil.copytree(DOCS, docs)
+    for page, text in edits.items():
+        (docs / page).write_text(text)
+    config = dict(config, docs_dir=str(docs), site_dir=str(tmp_path / "site"))
+    for plugin in config["plugins"]:
+        if isinstance(plugin, dict) and "mkdocstrings" in plugin:
+            plugin["mkdocstrings"]["handlers"]["python"]["paths"] = [str(REPO)]
+    path = tmp_path / "mkdocs.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def test_strict_build_fails_on_a_warning(tmp_path):
+    # The strict build above is only a check if a warning really fails it (``--quiet`` once hid them).
+    pytest.importorskip("mkdocs", reason="mkdocs is not installed: pip install -e '.[test]'")
+    pytest.importorskip("mkdocstrings", reason="mkdocstrings is not installed: pip install -e '.[test]'")
+    index = (DOCS / "index.md").read_text() + "\n[a page that does not exist](no-such-page.md)\n"
+    built = _build(_copied_config(tmp_path, _config(), {"index.md": index}), tmp_path / "site", tmp_path)
+    assert built.returncode != 0 and "no-such-page.md" in built.stdout + built.stderr
 
 
 def test_mkdocs_build_strict(tmp_path):
@@ -57,19 +82,8 @@ def test_mkdocs_build_strict(tmp_path):
     if not missing:
         built = _build(REPO / "mkdocs.yml", site, REPO)
     else:
-        yaml = pytest.importorskip("yaml")
-        docs = tmp_path / "docs"
-        shutil.copytree(DOCS, docs)
-        for page in missing:
-            (docs / page).write_text(f"# {page}\n\nNot written yet.\n")
-        config["docs_dir"] = str(docs)
-        config["site_dir"] = str(site)
-        for plugin in config["plugins"]:
-            if isinstance(plugin, dict) and "mkdocstrings" in plugin:
-                plugin["mkdocstrings"]["handlers"]["python"]["paths"] = [str(REPO)]
-        path = tmp_path / "mkdocs.yml"
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
-        built = _build(path, site, tmp_path)
+        pages_to_add = {page: f"# {page}\n\nNot written yet.\n" for page in missing}
+        built = _build(_copied_config(tmp_path, config, pages_to_add), site, tmp_path)
     assert built.returncode == 0, f"mkdocs build --strict failed:\n{built.stdout}\n{built.stderr}"
     assert (site / "index.html").is_file()
     for page in pages:

@@ -104,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="train a small LM on the stdlib's sources, packed vs padded",
-        description=_demo.__doc__,
+        description=_plain(_demo.__doc__),
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _demo.add_arguments(demo)
     demo.set_defaults(handler=_demo.run)

@@ -56,9 +56,10 @@ class PackedBatchSampler(Sampler[List[int]]):
     (``len() = steps × num_replicas``) for wrappers that deal batches to ranks themselves —
     ``accelerate.Accelerator.prepare`` and HF ``Trainer`` do.
 
-    >>> s = PackedBatchSampler([4, 4, 4, 4, 2], max_tokens=8, shuffle=False)
-    >>> [sum([4, 4, 4, 4, 2][i] for i in b) for b in s]
-    [8, 8, 2]
+    Examples:
+        >>> s = PackedBatchSampler([4, 4, 4, 4, 2], max_tokens=8, shuffle=False)
+        >>> [sum([4, 4, 4, 4, 2][i] for i in b) for b in s]
+        [8, 8, 2]
     """
 
     # The options, read-only: the plan, len() and saved states depend on them.
