@@ -93,3 +93,9 @@ def test_real_cpython_lengths_split(shared_data):
 def test_public_names():
     for name in ("plan", "Plan", "PackedCollator", "PackedBatch", "lengths_of", "unpack"):
         assert name in warppack.__all__ and hasattr(warppack, name)
+
+
+def test_bins_repr_shows_the_first_bins_and_the_count():
+    assert repr(warppack.plan([3, 5, 2], 8).bins) == "[[1, 0], [2]]"
+    many = repr(warppack.plan([1] * 100, 8).bins)
+    assert many.startswith("[[0, 1, 2, 3, 4, 5, 6, 7], ") and many.endswith(", ... (13 bins)]")

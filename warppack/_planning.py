@@ -85,7 +85,10 @@ class _BinView(Sequence):
             yield items[offsets[b] : offsets[b + 1]]
 
     def __repr__(self) -> str:
-        return f"<{len(self)} bins>"
+        # The first few bins, as lists: a plan of millions must not print them all.
+        shown = ", ".join(str(self[b].tolist()) for b in range(min(len(self), 3)))
+        more = f", ... ({len(self)} bins)" if len(self) > 3 else ""
+        return f"[{shown}{more}]"
 
 
 class Plan:
