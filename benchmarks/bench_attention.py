@@ -13,7 +13,7 @@ Two levels: attention alone (fwd+bwd of one attention call, 1B-model head shapes
 forward+backward of a ~1B-parameter Llama-config model. Reported: median real (non-padding) tokens/s
 over the timed steps and peak memory.
 
-    python benchmarks/bench_attention.py            # CUDA, bf16, ~1B Llama config (H100: ~3 min)
+    python benchmarks/bench_attention.py            # CUDA, bf16, ~1B Llama config (H200: ~1 min)
     python benchmarks/bench_attention.py --smoke    # CPU, fp32, tiny model: checks the code paths only
 """
 
@@ -266,7 +266,9 @@ def markdown(results: dict, setup: Setup, bins: list) -> str:
     real = [sum(b) for b in bins]
     lines = [f"Budget T={setup.budget} tokens, {len(bins)} packed batches of {min(map(len, bins))}-"
              f"{max(map(len, bins))} sequences ({min(real)}-{max(real)} real tokens), {setup.dtype}, "
-             f"median of {setup.repeats} steps after {setup.warmup} warm-up.", "",
+             f"median of {setup.repeats} steps after {setup.warmup} warm-up."
+             + (f" Model level: Llama config, {params:.2f}B parameters, forward + backward."
+                if (params := results.get("model", {}).get("_parameters_billion")) else ""), "",
              "| level | method | real tokens/s | median step | peak memory | vs warppack |", "|---|---|---|---|---|---|"]
     for level in ("attention", "model"):
         base = results.get(level, {}).get("warppack", {}).get("tokens_per_s")

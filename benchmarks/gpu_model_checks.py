@@ -1,4 +1,4 @@
-"""GPU checks of the model integration in one run (about 1-2 min on an H100; the benchmark is opt-in).
+"""GPU checks of the model integration in one run (about 1.5 min on an H200; the benchmark is opt-in).
 
 1. kernels: ``varlen_attention`` in bf16 vs a float64 per-sequence reference (GQA, sliding window,
    empty static-shape tail), automatic choice (must be ``torch_varlen`` without flash-attn), forced
@@ -448,7 +448,7 @@ def main(argv=None) -> int:
                         help="folder for gpu_model_checks.json and gpu_model_checks.md (default: $OUT or ./out)")
     parser.add_argument("--smoke", action="store_true", help="CPU, fp32, tiny sizes: test the script itself")
     parser.add_argument("--benchmark", action="store_true",
-                        help="also run bench_attention.py (~1B Llama, four methods; about a minute more on an H100)")
+                        help="also run bench_attention.py (~1B Llama, four methods; about 40 s more on an H200)")
     parser.add_argument("--skip-compile", action="store_true", help="skip the torch.compile check (slowest check)")
     args = parser.parse_args(argv)
     run = Run(args.smoke)

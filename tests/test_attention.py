@@ -377,3 +377,38 @@ def test_training_forward_passes_the_attention_dropout_to_flash_attn(fake_flash)
     model = tiny_model("llama", attention_dropout=0.25).train()
     model(**hand_packed(random_sequences([5, 1, 9]))).loss.backward()
     assert [c["dropout_p"] for c in fake_flash] == [0.25] * model.config.num_hidden_layers
+
+
+def test_register_attention_is_explicit_and_idempotent():
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    warppack.register_attention()
+    warppack.register_attention()
+    assert ALL_ATTENTION_FUNCTIONS["warppack"] is HF.warppack_attention_forward
+    assert "warppack" in ALL_MASK_ATTENTION_FUNCTIONS
+
+
+def test_batch_keys_are_the_ones_transformers_flash_attention_2_reads():
+    # With flash-attn installed, attn_implementation="flash_attention_2" takes the same batch: its
+    # varlen path reads these keyword arguments, with int32 boundaries and int lengths.
+    from transformers import modeling_flash_attention_utils as fa
+
+    read = set(inspect.signature(fa._flash_attention_forward).parameters)
+    keys = {"cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "position_ids"}
+    assert keys <= read
+    batch = warppack.PackedCollator()([{"input_ids": [5, 6, 7]}, {"input_ids": [8, 9]}])
+    assert keys <= set(batch)
+    assert batch["cu_seq_lens_q"].dtype == batch["cu_seq_lens_k"].dtype == torch.int32
+    assert isinstance(batch["max_length_q"], int) and isinstance(batch["max_length_k"], int)
+
+
+def test_unpacked_batches_use_the_dense_exact_path_and_match_eager():
+    from model_helpers import tiny_model
+
+    ids = torch.randint(3, 90, (2, 7), generator=torch.Generator().manual_seed(0))
+    ours, eager = tiny_model("llama"), tiny_model("llama", attn_implementation="eager")
+    with torch.no_grad():
+        got = ours(input_ids=ids).logits
+        assert warppack.attention_backend() == "exact_dense"
+        torch.testing.assert_close(got, eager(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
