@@ -1,9 +1,8 @@
 """Builds the native extension; metadata lives in pyproject.toml."""
 
 import os
-import sys
-
 import re
+import sys
 
 import setuptools
 

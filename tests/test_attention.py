@@ -379,14 +379,18 @@ def test_training_forward_passes_the_attention_dropout_to_flash_attn(fake_flash)
     assert [c["dropout_p"] for c in fake_flash] == [0.25] * model.config.num_hidden_layers
 
 
-def test_register_attention_is_explicit_and_idempotent():
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+def test_register_attention_is_explicit_and_idempotent(monkeypatch):
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
+    # Importing transformers already registered warppack; take it out so the call has work to do.
+    monkeypatch.delitem(AttentionInterface._global_mapping, "warppack")
+    monkeypatch.delitem(AttentionMaskInterface._global_mapping, "warppack")
+    assert "warppack" not in ALL_ATTENTION_FUNCTIONS and "warppack" not in ALL_MASK_ATTENTION_FUNCTIONS
     warppack.register_attention()
     warppack.register_attention()
     assert ALL_ATTENTION_FUNCTIONS["warppack"] is HF.warppack_attention_forward
-    assert "warppack" in ALL_MASK_ATTENTION_FUNCTIONS
+    assert ALL_MASK_ATTENTION_FUNCTIONS["warppack"] is HF.warppack_mask
 
 
 def test_batch_keys_are_the_ones_transformers_flash_attention_2_reads():

@@ -31,14 +31,15 @@ class BufferLayout:
         self.nbytes = (28 * t + 4 * num_cu + 7) // 8 * 8
 
     def views(self, buffer: torch.Tensor) -> tuple:
-        """Typed views of ``buffer`` (a uint8 tensor starting at its storage's first byte).
+        """Typed views of ``buffer``, a uint8 tensor of exactly ``nbytes`` (``PackedBatch`` keeps
+        that slice of its pooled buffer, so it is not sliced again here).
 
         ``input_ids``, ``labels`` and ``position_ids`` as ``[1, T]``, ``seq_idx`` as ``[1, T]`` and
         ``cu_seqlens`` as ``[K]``. Two dtype views and five ``as_strided`` calls: a torch op costs
         microseconds, and slicing then re-typing then reshaping each array took three each.
         """
         t = self.total_tokens
-        b64 = buffer[: self.nbytes].view(torch.int64)
+        b64 = buffer.view(torch.int64)
         b32 = b64.view(torch.int32)
         at = b64.storage_offset()  # as_strided offsets count from the storage's start
         return (
