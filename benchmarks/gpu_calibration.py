@@ -182,7 +182,10 @@ def worker(args) -> None:
     arch = (SMOKE_MODEL if args.smoke else MODELS)[args.model]
     began = time.perf_counter()
     model, optimizer, dtype = build(arch, device, args.max_seq_len)
-    collator = warppack.PackedCollator(pad_to_multiple_of=args.granularity)
+    # The layout template the probes and streams copy (make_batch sets each batch's budget); under
+    # --static-shape every batch is padded to its budget, so every step allocates the same tensors.
+    collator = warppack.PackedCollator(args.granularity if args.static_shape else None,
+                                       pad_to_multiple_of=args.granularity, static_shape=args.static_shape)
     out: dict = {"load_seconds": time.perf_counter() - began}
 
     def save():
@@ -252,6 +255,8 @@ def run_phase(phase, name, args, seconds, budget=None) -> dict:
         command += ["--budget", str(budget)]
     if args.smoke:
         command.append("--smoke")
+    if args.static_shape:
+        command.append("--static-shape")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if args.expandable_segments:
         env["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
@@ -279,7 +284,9 @@ def summarise(row: dict) -> None:
 def markdown(rows, meta) -> str:
     lines = [f"# Token budget calibration ({meta['device']}, torch {meta['torch']}, transformers {meta['transformers']})",
              "", f"max_seq_len {meta['max_seq_len']}, AdamW, {rows[0].get('dtype', '') if rows else ''}, allocator "
-             f"conf {meta['allocator_conf'] or '(default)'}; command: `{meta['command']}`", "",
+             f"conf {meta['allocator_conf'] or '(default)'}, "
+             f"{'static_shape batches (padded to the budget)' if meta.get('static_shape') else 'dynamic batch shapes'}"
+             f"; command: `{meta['command']}`", "",
              "| model | params | calibrated | largest fitting | calibrated/fits | calibration s | probes | "
              "adversarial OOMs | peak reserved | peak allocated | accelerate bs x len | accelerate tokens/step |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -315,6 +322,8 @@ def main(argv=None) -> int:
     parser.add_argument("--time-limit", type=float, default=540, help="all models and phases within this many s")
     parser.add_argument("--expandable-segments", action="store_true",
                         help="run every phase with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True")
+    parser.add_argument("--static-shape", action="store_true",
+                        help="PackedCollator(static_shape=True): every batch padded to the budget, in every phase")
     parser.add_argument("--out", default=os.environ.get("OUT", "./out"))
     # internal: one phase in a fresh process
     parser.add_argument("--worker", choices=["calibrate", "adversarial", "fits"], help=argparse.SUPPRESS)
@@ -342,6 +351,7 @@ def main(argv=None) -> int:
     # No CUDA call in this process: its context would take device memory from the phases it measures.
     meta = {"device": "simulated-gpu" if args.smoke else "(from the calibrate phase)", "torch": torch.__version__, "transformers": transformers.__version__,
             "max_seq_len": args.max_seq_len, "smoke": args.smoke, "time_limit": args.time_limit,
+            "static_shape": args.static_shape,
             "allocator_conf": "expandable_segments:True" if args.expandable_segments else allocator_config(),
             "command": "python benchmarks/gpu_calibration.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     out = Path(args.out)

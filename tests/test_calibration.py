@@ -98,6 +98,41 @@ def test_search_brackets_the_best_budget_within_tolerance(static, per_token, per
     assert len(history) <= 12
 
 
+@settings(max_examples=150, deadline=None)
+@given(static=st.floats(0, 5e6), per_token=st.floats(1, 500), tolerance=st.floats(0.01, 0.2),
+       margin=st.floats(0.0005, 0.05), granularity=st.sampled_from([1, 8, 64]))
+def test_refinement_lands_within_its_margin_of_an_affine_crossing(static, per_token, tolerance, margin,
+                                                                  granularity):
+    target = 1e8
+
+    def probe(budget):
+        peak = static + per_token * budget
+        return peak <= target, peak, None
+
+    best = int((target - static) / per_token) // granularity * granularity
+    found, history = search_budget(probe, start=granularity, target=target, tolerance=tolerance,
+                                   granularity=granularity, margin=margin)
+    assert found is not None and found <= best and probe(found)[0]
+    assert found >= best * (1 - margin) - 2 * granularity, (found, best, history)
+    assert sum(bool(h.get("refinement")) for h in history) <= 2
+
+
+def test_a_refinement_that_runs_out_of_memory_gets_a_second_one():
+    # Out of memory below the line's prediction (fragmentation): the first refinement fails without
+    # a peak, so the second halves what is left of the bracket instead of trying the same line again.
+    wall = 9_830
+
+    def probe(budget):
+        if budget >= wall:
+            return False, None, "CUDA out of memory"
+        return 100 * budget <= 1e6, 100.0 * budget, None
+
+    found, history = search_budget(probe, start=64, target=1e6, tolerance=0.05)
+    refinements = [h for h in history if h.get("refinement")]
+    assert len(refinements) == 2 and not refinements[0]["fits"] and refinements[1]["fits"], history
+    assert found == refinements[1]["budget"] and wall * 0.995 <= found < wall
+
+
 def test_next_budget_extrapolates_then_stays_inside_the_bracket():
     points = [(100, 1100.0), (200, 2100.0)]  # 10 bytes per token over 100 static
     guess = next_budget(200, None, points, target=10_100, tolerance=0.05)
@@ -117,6 +152,22 @@ def test_calibrated_budget_is_within_tolerance_of_the_best_and_leaves_headroom(t
     assert budget % 8 == 0 and best / 1.05 <= budget <= best
     assert all(device.need(s) <= 0.92 * device.total_bytes for s in pessimistic_lengths(budget, 256))
     assert device.resets <= 8  # probes
+
+
+def test_static_shapes_let_the_budget_come_closer_to_the_headroom_line(tmp_path):
+    # Every static_shape batch holds the budget, so a probe's peak is the run's: the last probe aims
+    # tolerance/20 under the predicted crossing instead of tolerance/5.
+    model, opt = _toy()
+    device = _device(per_square=0.0).attach(model)
+    static = warppack.PackedCollator(8, pad_to_multiple_of=8, static_shape=True)
+    report = calibration_module.calibrate(model, optimizer=opt, max_seq_len=256, memory=device, cache=False,
+                                          collator=static)
+    best = device.best_budget(256, headroom=0.08, granularity=8)
+    assert report.max_tokens % 8 == 0 and best * (1 - 0.05 / 20) - 16 <= report.max_tokens <= best, report.probes
+    seen = {sum(lengths) for lengths in device.seen[1:]}  # after the warm-up step: every batch is a full budget
+    assert seen <= {p["budget"] for p in report.probes}
+    ooms, peak = _adversarial(device, report.max_tokens)
+    assert ooms == 0
 
 
 def _adversarial(device, budget, max_seq_len=128, batches=4):

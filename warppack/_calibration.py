@@ -76,9 +76,11 @@ def calibrate_token_budget(model: torch.nn.Module, *, max_seq_len: int, accelera
     Runs real training steps of ``model`` (with ``optimizer``, so its state exists; taken from
     ``accelerator`` when not given) on pessimistic packed batches, leaves ``headroom`` of device
     memory free, rounds to ``collator.pad_to_multiple_of``, agrees across ranks (the minimum) and
-    caches the answer on disk (``cache=False`` to re-measure). The model, optimizer, gradients and
-    RNG states are left exactly as they were. ``memory`` replaces the CUDA probe (simulations, other
-    devices). See docs/calibration.md.
+    caches the answer on disk (``cache=False`` to re-measure). ``collator`` is the run's layout
+    (padding, ``static_shape``, ``max_sequences``; its ``max_tokens`` is ignored): with
+    ``static_shape=True`` every step allocates the same tensors, so the budget comes closer to the
+    headroom line. The model, optimizer, gradients and RNG states are left exactly as they were.
+    ``memory`` replaces the CUDA probe (simulations, other devices). See docs/calibration.md.
 
     >>> max_tokens = warppack.calibrate_token_budget(model, optimizer=opt, max_seq_len=4096)  # doctest: +SKIP
     >>> loader = DataLoader(ds, batch_sampler=warppack.PackedBatchSampler(lengths, max_tokens),
@@ -195,7 +197,11 @@ def calibrate(model, *, max_seq_len, accelerator=None, optimizer=None, collator=
             bar.set_description(f"warppack: calibrating, {entry['budget']} tokens "
                                 f"{'fit' if entry['fits'] else 'too big'}")
 
-        budget, history = search_budget(probe, start=start, target=1.0, tolerance=tolerance,
+        # How far under the predicted crossing the last probes aim. Static shapes: every step
+        # allocates the same tensors, so a probe's peak is the run's and only page rounding is left.
+        # Changing shapes fragment differently from run to run: keep 1% (at the default tolerance).
+        margin = tolerance / 20 if settings["static_shape"] else tolerance / 5
+        budget, history = search_budget(probe, start=start, target=1.0, tolerance=tolerance, margin=margin,
                                         granularity=granularity, upper=upper, on_probe=on_probe)
     memory.release()  # the probes' cached blocks: training starts from the allocator state a fresh process has
     for entry, peaks in zip(history, measured):

@@ -115,33 +115,39 @@ def next_budget(lo: int, hi: Optional[int], points: Sequence[Tuple[int, float]],
 
 
 def _refinement(lo: int, hi: Optional[int], points: Sequence[Tuple[int, float]], *, target: float,
-                tolerance: float, granularity: int) -> Optional[int]:
-    """A budget strictly inside ``(lo, hi)`` just under the predicted crossing of ``target``; None if none."""
+                margin: float, granularity: int) -> Optional[int]:
+    """A budget strictly inside ``(lo, hi)``, ``margin`` under the predicted crossing of ``target``; None if none."""
     if hi is None:
         return None
     guess = _linear_guess(points, lo, target)
     if guess is None:
         return None
-    budget = int(min(guess * (1 - tolerance / 5), hi - 1)) // granularity * granularity
+    aim = guess * (1 - margin)
+    if aim >= hi:  # hi failed where the line says it fits (out of memory before the peak): halve the gap
+        aim = (lo + hi) / 2
+    budget = int(aim) // granularity * granularity
     return budget if lo < budget < hi else None
 
 
 def search_budget(probe: Callable[[int], Tuple[bool, Optional[float], Optional[str]]], *, start: int,
                   target: float, tolerance: float = 0.05, granularity: int = 1,
-                  upper: int = INT32_LIMIT, max_probes: int = 30,
+                  upper: int = INT32_LIMIT, max_probes: int = 30, margin: Optional[float] = None,
                   on_probe: Optional[Callable[[dict], None]] = None) -> Tuple[Optional[int], List[dict]]:
     """Largest budget ``probe`` accepts, to a relative gap ``<= tolerance``; ``(None, history)`` if ``start`` fails.
 
     ``probe(budget) -> (fits, load or None, error or None)`` must already agree across ranks; ``load``
     (e.g. peak bytes, or a fraction of usable memory) is about affine in the budget and fits up to
-    ``target``; None when the step ran out of memory. Once bracketed, one refinement probe aims at
-    the interpolated crossing inside the bracket (marked ``"refinement": True`` in the history).
+    ``target``; None when the step ran out of memory. Once bracketed, up to two refinement probes
+    aim ``margin`` (default ``tolerance / 5``) under the interpolated crossing inside the bracket
+    (marked ``"refinement": True`` in the history); the second one only when the line through the
+    first one's peak still predicts room (or the first one failed, which narrows the bracket).
     """
+    margin = tolerance / 5 if margin is None else margin
     lo: Optional[int] = None
     hi: Optional[int] = None
     points: List[Tuple[int, float]] = []
     history: List[dict] = []
-    budget, refining = start, False
+    budget, refining, refinements = start, False, 0
     while True:
         fits, peak, error = probe(budget)
         history.append({"budget": budget, "fits": fits, "load": peak, "error": error})
@@ -161,13 +167,14 @@ def search_budget(probe: Callable[[int], Tuple[bool, Optional[float], Optional[s
         if len(history) >= max_probes:
             return lo, history
         if done:
-            # Bracketed within tolerance: one last probe where the line through the bracket's peaks
-            # meets the target (the bisection alone gives away up to ``tolerance``).
-            refine = _refinement(lo, hi, points, target=target, tolerance=tolerance, granularity=granularity)
-            if refine is None or history[-1].get("refinement"):
+            # Bracketed within tolerance: probe where the line through the bracket's peaks meets
+            # the target (the bisection alone gives away up to ``tolerance``). A refinement that
+            # fails, or lands short of a prediction it then corrects, gets one more.
+            refine = _refinement(lo, hi, points, target=target, margin=margin, granularity=granularity)
+            small_gain = refine is not None and refinements and history[-1]["fits"] and refine < lo * (1 + margin)
+            if refine is None or refinements >= 2 or small_gain:
                 return lo, history
-            budget = refine
-            refining = True
+            budget, refining, refinements = refine, True, refinements + 1
             continue
         budget = next_budget(lo, hi, points, target=target, tolerance=tolerance, granularity=granularity,
                              upper=upper)
