@@ -53,6 +53,7 @@ MODELS = {  # ~0.50B and ~1.10B parameters (untied embeddings)
 }
 SMOKE_MODEL = {"tiny": dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
                             num_key_value_heads=1)}
+HEADROOM = 0.08  # calibrate()'s default
 PHASE_CAP = {"calibrate": 150.0, "adversarial": 100.0}  # seconds, startup included; fits gets the rest
 
 
@@ -195,7 +196,7 @@ def worker(args) -> None:
         out.update(parameters=sum(p.numel() for p in model.parameters()), dtype=str(dtype).replace("torch.", ""),
                    device=device.memory.name, total_bytes=device.total, allocator_conf=allocator_config())
         report = calibrate(model, optimizer=optimizer, max_seq_len=args.max_seq_len, collator=collator, cache=False,
-                           progress=False, memory=device.memory)
+                           progress=False, memory=device.memory, enforce_headroom=args.enforce_headroom)
         out.update(calibrated=report.max_tokens, calibration_seconds=report.seconds, probes=report.probes,
                    target_bytes=report.target_bytes, attention_backend=warppack.attention_backend())
         save()
@@ -204,6 +205,8 @@ def worker(args) -> None:
         out["accelerate"] = accelerate_search(model, optimizer, args.max_seq_len, device, args.accelerate_start)
         log(f"{args.model}: accelerate find_executable_batch_size -> {out['accelerate']['batch_size']} rows")
     elif args.worker == "adversarial":
+        if args.enforce_headroom:  # the cap calibrate(enforce_headroom=True) leaves for the run
+            device.memory.cap(int((1 - HEADROOM) * device.total))
         out["adversarial"] = adversarial_pass(model, optimizer, args.budget, args, collator, device)
         a = out["adversarial"]
         log(f"{args.model}: adversarial at {args.budget}: {a['ooms']}/{a['steps']} OOM, peak reserved "
@@ -257,6 +260,8 @@ def run_phase(phase, name, args, seconds, budget=None) -> dict:
         command.append("--smoke")
     if args.static_shape:
         command.append("--static-shape")
+    if args.enforce_headroom:
+        command.append("--enforce-headroom")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if args.expandable_segments:
         env["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
@@ -286,6 +291,7 @@ def markdown(rows, meta) -> str:
              "", f"max_seq_len {meta['max_seq_len']}, AdamW, {rows[0].get('dtype', '') if rows else ''}, allocator "
              f"conf {meta['allocator_conf'] or '(default)'}, "
              f"{'static_shape batches (padded to the budget)' if meta.get('static_shape') else 'dynamic batch shapes'}"
+             f"{', allocator capped at the headroom line (enforce_headroom)' if meta.get('enforce_headroom') else ''}"
              f"; command: `{meta['command']}`", "",
              "| model | params | calibrated | largest fitting | calibrated/fits | calibration s | probes | "
              "adversarial OOMs | peak reserved | peak allocated | accelerate bs x len | accelerate tokens/step |",
@@ -324,6 +330,9 @@ def main(argv=None) -> int:
                         help="run every phase with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True")
     parser.add_argument("--static-shape", action="store_true",
                         help="PackedCollator(static_shape=True): every batch padded to the budget, in every phase")
+    parser.add_argument("--enforce-headroom", action="store_true",
+                        help="calibrate(enforce_headroom=True) and the adversarial run under its allocator cap; "
+                             "'fits' stays uncapped (the whole device)")
     parser.add_argument("--out", default=os.environ.get("OUT", "./out"))
     # internal: one phase in a fresh process
     parser.add_argument("--worker", choices=["calibrate", "adversarial", "fits"], help=argparse.SUPPRESS)
@@ -351,7 +360,7 @@ def main(argv=None) -> int:
     # No CUDA call in this process: its context would take device memory from the phases it measures.
     meta = {"device": "simulated-gpu" if args.smoke else "(from the calibrate phase)", "torch": torch.__version__, "transformers": transformers.__version__,
             "max_seq_len": args.max_seq_len, "smoke": args.smoke, "time_limit": args.time_limit,
-            "static_shape": args.static_shape,
+            "static_shape": args.static_shape, "enforce_headroom": args.enforce_headroom,
             "allocator_conf": "expandable_segments:True" if args.expandable_segments else allocator_config(),
             "command": "python benchmarks/gpu_calibration.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     out = Path(args.out)

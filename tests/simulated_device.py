@@ -14,7 +14,10 @@ before, ``f`` of the previous batch's per-token memory stays reserved (cached bl
 the new tensors, pinned by tensors carved out of them) until ``release()`` empties the cache. The
 *reserved* peak is then ``need + stranded`` (what ``peak_bytes`` reports, and what must fit in
 ``total_bytes``); the *allocated* peak is ``need`` alone (``peak_allocated_bytes``). Batches of one
-constant size never fragment -- which is why a calibrator must vary them.
+constant size never fragment -- which is why a calibrator must vary them. ``cap(bytes)`` models
+``torch.cuda.set_per_process_memory_fraction``: past the cap the stranded blocks are released first
+(what the real allocator does before it raises), and only ``need`` itself above the cap runs out.
+Uncapped, stranded blocks do run out (the default allocator cannot release partly used segments).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class SimulatedDevice(DeviceMemory):
         self.static, self.per_token = float(static_bytes), float(per_token)
         self.per_square, self.per_sequence = float(per_square), float(per_sequence)
         self.fragmentation = float(fragmentation)
+        self.limit = float(self.total_bytes)  # what may be reserved: the device, or a cap
         self._peak = self._peak_allocated = self.static
         self._stranded = 0.0       # reserved bytes no later batch can use (fragmentation), until release()
         self._last_tokens: Optional[float] = None  # per-token bytes of the previous batch
@@ -73,6 +77,8 @@ class SimulatedDevice(DeviceMemory):
             self._stranded = max(self._stranded, self.fragmentation * self._last_tokens)
         self._last_tokens = tokens
         reserved = need + self._stranded
+        if reserved > self.limit < self.total_bytes:  # capped: the cache is emptied before it gives up
+            self._stranded, reserved = 0.0, need
         self._peak = max(self._peak, min(reserved, self.total_bytes))
         self._peak_allocated = max(self._peak_allocated, min(need, self.total_bytes))
         return reserved
@@ -80,7 +86,7 @@ class SimulatedDevice(DeviceMemory):
     def replay(self, batches: Sequence[Sequence[int]]) -> tuple:
         """``(ooms, peak reserved)`` of training on ``batches`` from a fresh process, without a model."""
         self.reset_peak()
-        ooms = sum(self.account(lengths) > self.total_bytes for lengths in batches)
+        ooms = sum(self.account(lengths) > self.limit for lengths in batches)
         return ooms, self.peak_bytes()
 
     # -- DeviceMemory -----------------------------------------------------------------------------
@@ -98,6 +104,9 @@ class SimulatedDevice(DeviceMemory):
     def release(self) -> None:
         self._stranded, self._last_tokens = 0.0, None  # torch.cuda.empty_cache()
 
+    def cap(self, max_bytes: int) -> None:
+        self.limit = min(float(max_bytes), float(self.total_bytes))
+
     # -- hooking a model ------------------------------------------------------------------------
     def attach(self, model: torch.nn.Module, *, phase: str = "forward",
                trigger: Optional[torch.nn.Module] = None) -> "SimulatedDevice":
@@ -114,14 +123,14 @@ class SimulatedDevice(DeviceMemory):
                 rows, length = kwargs["input_ids"].shape
                 lengths = [length] * rows
             need = state["need"] = self.account(lengths)
-            if need > self.total_bytes and phase == "forward":
+            if need > self.limit and phase == "forward":
                 raise self._oom(need)
-            if need <= self.total_bytes:
+            if need <= self.limit:
                 self.seen.append(lengths)
 
         def arm(module, args, output):
             tensor = output if torch.is_tensor(output) else output[0]
-            if state["need"] > self.total_bytes and tensor.requires_grad:
+            if state["need"] > self.limit and tensor.requires_grad:
                 need = state["need"]
 
                 def explode(grad):

@@ -18,7 +18,7 @@ import warppack
 import warppack._calibration as calibration_module
 from warppack._calibration import next_budget, pessimistic_lengths, probe_schedule, search_budget
 from warppack._calibration_cache import calibration_key, key_digest
-from warppack._memory import TrainingSnapshot
+from warppack._memory import DeviceMemory, TrainingSnapshot
 
 sys.path.insert(0, str(Path(__file__).parent))
 from simulated_device import SimulatedDevice, ToyLM, adversarial_batches  # noqa: E402
@@ -38,12 +38,14 @@ def _toy(seed=0, **kw):
 
 # ---- pure pieces --------------------------------------------------------------------------------
 @given(budget=st.integers(1, 5000), max_seq_len=st.integers(1, 600), short=st.integers(1, 64),
-       cap=st.one_of(st.none(), st.integers(1, 400)))
-def test_pessimistic_lengths_fill_the_budget_with_legal_sequences(budget, max_seq_len, short, cap):
+       cap=st.one_of(st.none(), st.integers(1, 400)), static=st.booleans())
+def test_pessimistic_lengths_fill_the_budget_with_legal_sequences(budget, max_seq_len, short, cap, static):
     budget = max(budget, max_seq_len)
-    shapes = pessimistic_lengths(budget, max_seq_len, short_len=short, max_sequences=cap)
+    shapes = pessimistic_lengths(budget, max_seq_len, short_len=short, max_sequences=cap, static_shape=static)
     assert shapes[0][: budget // max_seq_len] == [max_seq_len] * (budget // max_seq_len)
-    assert [max_seq_len] in shapes or shapes[0] == [max_seq_len]  # the single longest sequence
+    # the single longest sequence; under static_shape the one-token batch (the longest padding)
+    alone = [1] if static else [max_seq_len]
+    assert alone in shapes or shapes[0] == alone
     for lengths in shapes:
         assert sum(lengths) <= budget and all(1 <= n <= max_seq_len for n in lengths)
     assert sum(shapes[0]) == budget
@@ -55,13 +57,14 @@ def test_pessimistic_lengths_fill_the_budget_with_legal_sequences(budget, max_se
 
 
 @given(budget=st.integers(1, 5000), max_seq_len=st.integers(1, 600), short=st.integers(1, 64),
-       cap=st.one_of(st.none(), st.integers(1, 400)))
-def test_probe_schedule_varies_the_token_total_and_covers_every_pessimistic_shape(budget, max_seq_len, short, cap):
+       cap=st.one_of(st.none(), st.integers(1, 400)), static=st.booleans())
+def test_probe_schedule_varies_the_token_total_and_covers_every_pessimistic_shape(budget, max_seq_len, short, cap,
+                                                                                  static):
     budget = max(budget, max_seq_len, 2)  # the search starts at max_seq_len; one token cannot vary
-    schedule = probe_schedule(budget, max_seq_len, short_len=short, max_sequences=cap)
+    schedule = probe_schedule(budget, max_seq_len, short_len=short, max_sequences=cap, static_shape=static)
     for lengths in schedule:
         assert 1 <= sum(lengths) <= budget and all(1 <= n <= max_seq_len for n in lengths)
-    for shape in pessimistic_lengths(budget, max_seq_len, short_len=short, max_sequences=cap):
+    for shape in pessimistic_lengths(budget, max_seq_len, short_len=short, max_sequences=cap, static_shape=static):
         assert shape in schedule
     totals = [sum(x) for x in schedule]
     # the first batch (where the optimizer state is created) is smaller than a later one: the total
@@ -204,6 +207,32 @@ def test_headroom_bounds_the_reserved_peak_through_fragmentation_on_adversarial_
     assert ooms == 0 and peak <= 0.92 * device.total_bytes
     fits = _largest_fitting(device, budget)
     assert budget / fits >= 0.85, (budget, fits)  # the headroom (8%) and the search's tolerance, nothing more
+
+
+def test_enforced_headroom_caps_the_allocator_and_budgets_from_the_allocated_peak():
+    model, opt = _toy()
+    device = _fragmenting_device(model)
+    predicted = calibration_module.calibrate(model, optimizer=opt, max_seq_len=128, memory=device, cache=False,
+                                             collator=warppack.PackedCollator(pad_to_multiple_of=8))
+    report = calibration_module.calibrate(model, optimizer=opt, max_seq_len=128, memory=device, cache=False,
+                                          collator=warppack.PackedCollator(pad_to_multiple_of=8),
+                                          enforce_headroom=True)
+    assert device.limit == report.target_bytes  # left in place for the run
+    assert report.max_tokens > predicted.max_tokens
+    ooms, peak = _adversarial(device, report.max_tokens)  # the run, under the cap
+    assert ooms == 0 and peak <= 0.92 * device.total_bytes
+    device.limit = device.total_bytes  # what really fits: the whole device, no cap
+    fits = _largest_fitting(device, report.max_tokens)
+    assert report.max_tokens / fits >= 0.9, (report.max_tokens, fits)
+
+
+def test_enforce_headroom_needs_a_device_that_can_cap():
+    model, opt = _toy()
+    device = _device().attach(model)
+    device.cap = DeviceMemory.cap.__get__(device)  # a backend without a cap
+    with pytest.raises(NotImplementedError, match="enforce_headroom=False"):
+        warppack.calibrate_token_budget(model, optimizer=opt, max_seq_len=64, memory=device, cache=False,
+                                        enforce_headroom=True)
 
 
 def test_constant_shape_probes_would_miss_the_fragmentation(monkeypatch):

@@ -42,7 +42,7 @@ __all__ = ["calibrate_token_budget", "calibrate", "CalibrationReport", "pessimis
            "search_budget", "next_budget", "default_loss", "unwrap_ddp"]
 
 logger = logging.getLogger("warppack")
-_PROBE_KIND = "fresh-optimizer-state, varying-totals, reserved-peak"  # in the cache key: older entries measured less
+_PROBE_KIND = "fresh-optimizer-state, varying-totals, reserved-peak, static-tiny"  # in the cache key: older entries measured less
 
 
 @dataclass
@@ -68,8 +68,8 @@ def calibrate_token_budget(model: torch.nn.Module, *, max_seq_len: int, accelera
                            headroom: float = 0.08, tolerance: float = 0.05, short_len: int = 16,
                            upper_bound: Optional[int] = None, reserve_bytes: int = 0,
                            loss_fn: Optional[Callable[[torch.nn.Module, Mapping[str, Any]], torch.Tensor]] = None,
-                           gradient_accumulation_steps: Optional[int] = None, cache: bool = True,
-                           cache_dir: Optional[str] = None, progress: Optional[bool] = None,
+                           gradient_accumulation_steps: Optional[int] = None, enforce_headroom: bool = False,
+                           cache: bool = True, cache_dir: Optional[str] = None, progress: Optional[bool] = None,
                            memory: Optional[DeviceMemory] = None) -> int:
     """Measure the largest token budget (``max_tokens``) whose training step fits on this device.
 
@@ -79,7 +79,11 @@ def calibrate_token_budget(model: torch.nn.Module, *, max_seq_len: int, accelera
     caches the answer on disk (``cache=False`` to re-measure). ``collator`` is the run's layout
     (padding, ``static_shape``, ``max_sequences``; its ``max_tokens`` is ignored): with
     ``static_shape=True`` every step allocates the same tensors, so the budget comes closer to the
-    headroom line. The model, optimizer, gradients and RNG states are left exactly as they were.
+    headroom line. ``enforce_headroom=True`` caps this process's allocator at the headroom line
+    (``torch.cuda.set_per_process_memory_fraction``, left in place for the training that follows):
+    the allocator then hands cached blocks back instead of growing past it, so the budget is chosen
+    from the *allocated* peak and the reserved peak can never cross the line. The model, optimizer,
+    gradients and RNG states are left exactly as they were.
     ``memory`` replaces the CUDA probe (simulations, other devices). See docs/calibration.md.
 
     >>> max_tokens = warppack.calibrate_token_budget(model, optimizer=opt, max_seq_len=4096)  # doctest: +SKIP
@@ -91,8 +95,8 @@ def calibrate_token_budget(model: torch.nn.Module, *, max_seq_len: int, accelera
 
 def calibrate(model, *, max_seq_len, accelerator=None, optimizer=None, collator=None, headroom=0.08,
               tolerance=0.05, short_len=16, upper_bound=None, reserve_bytes=0, loss_fn=None,
-              gradient_accumulation_steps=None, cache=True, cache_dir=None, progress=None,
-              memory=None) -> CalibrationReport:
+              gradient_accumulation_steps=None, enforce_headroom=False, cache=True, cache_dir=None,
+              progress=None, memory=None) -> CalibrationReport:
     """:func:`calibrate_token_budget` returning the whole :class:`CalibrationReport` (probes, time)."""
     max_seq_len = check_max_tokens(max_seq_len, name="max_seq_len")
     short_len = check_max_tokens(short_len, name="short_len")
@@ -119,12 +123,15 @@ def calibrate(model, *, max_seq_len, accelerator=None, optimizer=None, collator=
                 "static_shape": bool(collator is not None and collator.static_shape),
                 "max_sequences": getattr(collator, "max_sequences", None),
                 "gradient_accumulation": gradient_accumulation_steps > 1,
+                "enforce_headroom": bool(enforce_headroom),
                 "loss_fn": None if loss_fn is None else getattr(loss_fn, "__qualname__", repr(loss_fn)),
                 "probe": _PROBE_KIND}
     ranks = getattr(accelerator, "num_processes", None) or world_size()
     key = calibration_key(unwrap_ddp(model), optimizer=optimizer, device=memory.describe(), world_size=ranks,
                           mixed_precision=getattr(accelerator, "mixed_precision", None), settings=settings)
     report = CalibrationReport(0, device=memory.name, total_bytes=memory.total_bytes, target_bytes=int(target))
+    if enforce_headroom:  # before the cache lookup: a cached budget was measured under this cap too
+        memory.cap(int(target))
     if cache:
         # Every rank looks in its own cache (nodes may not share a disk); use it only if all found it.
         found = load_budget(key, cache_dir)
@@ -151,7 +158,8 @@ def calibrate(model, *, max_seq_len, accelerator=None, optimizer=None, collator=
         memory.reset_peak()
         error = None
         for lengths in probe_schedule(budget, max_seq_len, short_len=short_len,
-                                      max_sequences=settings["max_sequences"]):
+                                      max_sequences=settings["max_sequences"],
+                                      static_shape=settings["static_shape"]):
             try:
                 step(_batch(lengths, budget, collator, vocab, device))
             except Exception as exc:  # noqa: BLE001 - only OOM is swallowed, below
@@ -169,7 +177,9 @@ def calibrate(model, *, max_seq_len, accelerator=None, optimizer=None, collator=
         # The headroom bounds the *reserved* peak: cached blocks too small for the next batch are
         # not free memory. Ranks may differ in memory: agree on the worst fraction of usable memory,
         # so every rank sees the same numbers and takes the same branch of the search.
-        failed, load = all_ranks_max([error is not None, peak / target])
+        # Under the cap the allocator frees cached blocks before it grows past the line, so what
+        # must fit is what the tensors hold (the reserved peak is at the cap by construction).
+        failed, load = all_ranks_max([error is not None, (allocated if enforce_headroom else peak) / target])
         fits = not failed and load <= 1.0
         return fits, (None if failed else load), error or ("(another rank ran out of memory)" if failed else None)
 

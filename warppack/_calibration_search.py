@@ -22,13 +22,15 @@ INT32_LIMIT = 2**31 - 1
 
 
 def pessimistic_lengths(budget: int, max_seq_len: int, *, short_len: int = 16,
-                        max_sequences: Optional[int] = None) -> List[List[int]]:
+                        max_sequences: Optional[int] = None, static_shape: bool = False) -> List[List[int]]:
     """Sequence lengths of the batches that stress a budget most, most likely to fail first.
 
     1. as many ``max_seq_len`` sequences as fit, the rest as one more (the largest sum of squared
        lengths: what attention costs when it is not varlen);
     2. many short sequences filling the budget (per-sequence overheads);
-    3. the single longest sequence.
+    3. the single longest sequence -- or, with ``static_shape`` (every batch padded to the budget),
+       a single one-token sequence: its padding segment is the longest a batch can hold, which
+       outweighs any real sequence.
 
     >>> pessimistic_lengths(10, 4, short_len=3)
     [[4, 4, 2], [3, 3, 3, 1], [4]]
@@ -42,14 +44,14 @@ def pessimistic_lengths(budget: int, max_seq_len: int, *, short_len: int = 16,
         base, extra = divmod(budget, max_sequences)  # fewest tokens per sequence the cap allows
         short = [min(max_seq_len, base + (i < extra)) for i in range(max_sequences)]
     shapes: List[List[int]] = []
-    for lengths in (long, short, [min(max_seq_len, budget)]):
+    for lengths in (long, short, [1] if static_shape else [min(max_seq_len, budget)]):
         if lengths not in shapes:
             shapes.append(lengths)
     return shapes
 
 
 def probe_schedule(budget: int, max_seq_len: int, *, short_len: int = 16,
-                   max_sequences: Optional[int] = None) -> List[List[int]]:
+                   max_sequences: Optional[int] = None, static_shape: bool = False) -> List[List[int]]:
     """The batches one probe trains on, in order, so that a probe sees what a training run sees.
 
     A run's token total changes from batch to batch, and PyTorch's caching allocator cannot reuse a
@@ -65,11 +67,13 @@ def probe_schedule(budget: int, max_seq_len: int, *, short_len: int = 16,
     2. long sequences filling the budget (the largest sum of squared lengths): the total grows;
     3. many short sequences filling the budget (per-sequence overheads), after the long batch;
     4. the long batch again, after the short one (whichever of the two needs more comes second once);
-    5. the single longest sequence (cheap: checks it alone, as the search always did).
+    5. the single longest sequence (cheap: checks it alone, as the search always did); under
+       ``static_shape``, the one-token batch instead (see :func:`pessimistic_lengths`).
     """
-    shapes = pessimistic_lengths(budget, max_seq_len, short_len=short_len, max_sequences=max_sequences)
+    shapes = pessimistic_lengths(budget, max_seq_len, short_len=short_len, max_sequences=max_sequences,
+                                 static_shape=static_shape)
     long, others = shapes[0], shapes[1:]
-    single = [min(max_seq_len, budget)]
+    single = [1] if static_shape else [min(max_seq_len, budget)]
     shorts = [lengths for lengths in others if lengths != single]
     whole = max(1, (budget - 1) // max_seq_len)  # strictly fewer tokens than the budget when possible
     first = [max_seq_len] * whole if budget > max_seq_len else [max(1, budget // 2)]

@@ -113,6 +113,11 @@ class DeviceMemory:
         """Free what can be freed after an out-of-memory error (garbage, cached blocks)."""
         gc.collect()
 
+    def cap(self, max_bytes: int) -> None:
+        """Keep what is not free (reserved plus held outside the allocator) at or under ``max_bytes``
+        from now on: the allocator returns cached blocks rather than grow past it."""
+        raise NotImplementedError(f"{type(self).__name__} cannot cap its allocator; pass enforce_headroom=False")
+
     def describe(self) -> dict:
         """What identifies this device in a cache key."""
         return {"name": self.name, "total_bytes": int(self.total_bytes)}
@@ -161,6 +166,15 @@ class CudaMemory(DeviceMemory):
         gc.collect()
         torch.cuda.synchronize(self.device)
         torch.cuda.empty_cache()
+
+    def cap(self, max_bytes: int) -> None:
+        # The per-process fraction bounds what the allocator reserves; the context and NCCL buffers
+        # held outside it come off first, so the bound is on what is not free on the device.
+        fraction = (max_bytes - self._held_outside_allocator()) / self.total_bytes
+        if not 0 < fraction <= 1:
+            raise ValueError(f"cannot cap {self.name} at {format_bytes(max_bytes)}: "
+                             f"{format_bytes(self._held_outside_allocator())} is already held outside PyTorch")
+        torch.cuda.set_per_process_memory_fraction(fraction, self.device)
 
 
 def no_cuda_reason(device: Union[str, torch.device]) -> str:
