@@ -16,6 +16,7 @@ For a ~0.5B and a ~1B Llama-config model trained with AdamW in bf16, each phase 
 
     python setup.py build_ext --inplace -q && PYTHONUNBUFFERED=1 python benchmarks/gpu_calibration.py \\
         --out $OUT/calib --time-limit 540                              # GPU, both models, < 9 min
+    ... --expandable-segments --static-shape --enforce-headroom      # the configuration that meets every target
     python benchmarks/gpu_calibration.py --smoke                     # CPU: tiny model on the simulated device
 
 Writes ``gpu_calibration.json`` and ``gpu_calibration.md`` under ``--out`` (default ``$OUT`` or
@@ -87,6 +88,13 @@ class Device:
 
     def release(self) -> None:
         self.memory.release()
+
+    def uncap(self) -> None:
+        """Undo ``calibrate(enforce_headroom=True)``'s allocator cap."""
+        if self.smoke:
+            self.memory.limit = float(self.total)
+        else:
+            torch.cuda.set_per_process_memory_fraction(1.0, self.torch_device)
 
     def peaks(self) -> dict:
         if self.smoke:
@@ -202,6 +210,8 @@ def worker(args) -> None:
         save()
         log(f"{args.model}: calibrated {report.max_tokens} tokens in {report.seconds:.1f}s "
             f"({len(report.probes)} probes)")
+        if args.enforce_headroom:  # accelerate's search gets the whole device, as it would without warppack
+            device.uncap()
         out["accelerate"] = accelerate_search(model, optimizer, args.max_seq_len, device, args.accelerate_start)
         log(f"{args.model}: accelerate find_executable_batch_size -> {out['accelerate']['batch_size']} rows")
     elif args.worker == "adversarial":
