@@ -138,7 +138,9 @@ class SimulatedDevice(DeviceMemory):
 
                 tensor.register_hook(explode)
 
-        model.register_forward_pre_hook(pre, with_kwargs=True)
+        # prepend: before FSDP's all-gather hook, so a simulated OOM strands no collective (a real
+        # one mid-forward under FSDP does; docs/calibration.md says so)
+        model.register_forward_pre_hook(pre, with_kwargs=True, prepend=True)
         if phase == "backward":
             (trigger or next(model.children())).register_forward_hook(arm)
         return self

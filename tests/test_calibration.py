@@ -453,16 +453,20 @@ def test_cache_key_changes_with_each_input():
 
 
 # ---- all ranks agree (2 gloo processes) --------------------------------------------------------------
-@pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory):
-    out = tmp_path_factory.mktemp("calibrate_ranks")
-    script = Path(__file__).parent / "dist_scripts" / "calibrate_two_ranks.py"
+def _run_two_ranks(script: str, out: Path) -> list:
+    """``tests/dist_scripts/<script>`` on 2 gloo processes; each rank's ``rank{r}.json``."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(script), str(out)], env=env, capture_output=True, text=True, timeout=240)
+                           str(Path(__file__).parent / "dist_scripts" / script), str(out)],
+                          env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    return _run_two_ranks("calibrate_two_ranks.py", tmp_path_factory.mktemp("calibrate_ranks"))
 
 
 @pytest.mark.distributed
@@ -472,6 +476,16 @@ def test_two_ranks_agree_on_the_smaller_device_budget(two_ranks):
     assert r0["alone"] != r1["alone"]  # the ranks really had different memory
     # rank 0 had a (wrong) cache entry, rank 1 none: both measured instead of trusting half a cache
     assert r0["with_cache"] == r1["with_cache"] == r0["budget"]
+
+
+@pytest.mark.distributed
+def test_fsdp2_sharded_ranks_agree_and_get_their_shards_back(tmp_path):
+    pytest.importorskip("transformers")
+    r0, r1 = _run_two_ranks("calibrate_fsdp_ranks.py", tmp_path)
+    assert r0["sharded"].startswith("FSDP")
+    assert r0["alone"] != r1["alone"]  # the ranks really had different memory
+    assert r0["budget"] == r1["budget"] == min(r0["alone"], r1["alone"])
+    assert r0["restored"] and r1["restored"]  # local shards, gradients and optimizer state, bit for bit
 
 
 @pytest.mark.slow
