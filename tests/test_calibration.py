@@ -488,6 +488,15 @@ def test_fsdp2_sharded_ranks_agree_and_get_their_shards_back(tmp_path):
     assert r0["restored"] and r1["restored"]  # local shards, gradients and optimizer state, bit for bit
 
 
+@pytest.mark.distributed
+def test_accelerate_ddp_ranks_agree_with_the_accelerators_optimizer(tmp_path):
+    pytest.importorskip("accelerate")
+    r0, r1 = _run_two_ranks("calibrate_accelerate_ranks.py", tmp_path)
+    assert r0["wrapped"] == "DistributedDataParallel" and "MULTI_CPU" in r0["distributed_type"]
+    assert r0["alone"] != r1["alone"]
+    assert r0["budget"] == r1["budget"] == min(r0["alone"], r1["alone"])
+
+
 @pytest.mark.slow
 def test_gpu_benchmark_script_runs_in_smoke_mode(tmp_path):
     pytest.importorskip("transformers")
