@@ -115,14 +115,23 @@ void write_layout(const LayoutSequence* sequences, int64_t n, int64_t total_toke
     at += len;
     out.cu_seqlens[i + 1] = static_cast<int32_t>(at);
   }
+  int64_t pieces = 0;
   if (padding > 0) {
     std::fill(out.input_ids + at, out.input_ids + total_tokens, pad_token_id);
     std::fill(out.labels + at, out.labels + total_tokens, label_pad_id);
-    int64_t* pos = out.position_ids + at;
-    for (int64_t j = 0; j < padding; ++j) pos[j] = j;
     std::fill(out.seq_idx + at, out.seq_idx + total_tokens, static_cast<int32_t>(n));
+    const int64_t spare = num_cu - 1 - n;  // >= 1, checked above
+    pieces = std::min(spare, (padding + kMaxPaddingSegment - 1) / kMaxPaddingSegment);
+    const int64_t base = padding / pieces, longer = padding % pieces;
+    for (int64_t p = 0; p < pieces; ++p) {
+      const int64_t len = base + (p < longer);
+      int64_t* pos = out.position_ids + at;
+      for (int64_t j = 0; j < len; ++j) pos[j] = j;
+      at += len;
+      out.cu_seqlens[n + 1 + p] = static_cast<int32_t>(at);
+    }
   }
-  std::fill(out.cu_seqlens + n + 1, out.cu_seqlens + num_cu, static_cast<int32_t>(total_tokens));
+  std::fill(out.cu_seqlens + n + 1 + pieces, out.cu_seqlens + num_cu, static_cast<int32_t>(total_tokens));
 }
 
 void write_layout_buffer(const LayoutSequence* sequences, int64_t n, int64_t total_tokens, int64_t num_cu,

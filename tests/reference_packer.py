@@ -170,6 +170,9 @@ def plan(lengths, max_tokens, strategy="bfd", max_seqs=0, overlong="error", buff
     return bins
 
 
+MAX_PADDING_SEGMENT = 512  # cpp/warppack/layout.hpp: kMaxPaddingSegment
+
+
 def layout(ids, labels, total_tokens, num_cu, pad_token_id, label_pad_id):
     """The batch-buffer contract as plain lists."""
     input_ids, out_labels, positions, seq_idx, cu = [], [], [], [], [0]
@@ -182,11 +185,14 @@ def layout(ids, labels, total_tokens, num_cu, pad_token_id, label_pad_id):
         seq_idx += [i] * len(seq)
         cu.append(len(input_ids))
     padding = total_tokens - len(input_ids)
-    if padding:
-        input_ids += [pad_token_id] * padding
-        out_labels += [label_pad_id] * padding
-        positions += list(range(padding))
-        seq_idx += [len(ids)] * padding
-        cu.append(total_tokens)
+    if padding:  # in pieces of at most MAX_PADDING_SEGMENT tokens, as many as spare cu entries allow
+        pieces = min(num_cu - 1 - len(ids), -(-padding // MAX_PADDING_SEGMENT))
+        for p in range(pieces):
+            n = padding // pieces + (p < padding % pieces)
+            input_ids += [pad_token_id] * n
+            out_labels += [label_pad_id] * n
+            positions += list(range(n))
+            seq_idx += [len(ids)] * n
+            cu.append(len(input_ids))
     cu += [total_tokens] * (num_cu - len(cu))
     return input_ids, out_labels, positions, seq_idx, cu

@@ -86,6 +86,23 @@ def test_static_shape_gives_one_shape():
     assert shapes == {(torch.Size([1, 64]), torch.Size([10]), 64)}
 
 
+@pytest.mark.parametrize("max_sequences, pieces", [(None, 4), (2, 2)])
+def test_static_padding_comes_in_short_segments_the_spare_boundaries_allow(max_sequences, pieces):
+    # One 5-token sequence padded to 2048: attention over one 2043-token padding segment would cost
+    # like a real sequence that long (quadratically in the exact kernels), and its positions would
+    # count up to 2042. Spare boundaries take it in pieces of at most 512, as even as possible.
+    batch = PackedCollator(2048, static_shape=True, max_sequences=max_sequences)([{"input_ids": [3, 4, 5, 6, 7]}])
+    cu = batch["cu_seq_lens_q"].tolist()
+    lengths = [b - a for a, b in zip(cu[1:], cu[2:]) if b > a]
+    assert cu[:2] == [0, 5] and sum(lengths) == 2043 and len(lengths) == pieces
+    assert max(lengths) - min(lengths) <= 1 and max(lengths) <= max(512, -(-2043 // pieces))
+    positions = batch["position_ids"][0].tolist()
+    assert max(positions[5:]) == max(lengths) - 1 and positions[5] == 0
+    assert batch.num_sequences == 1 and batch.num_padding == 2043 and batch.num_tokens == 5
+    assert len(unpack(batch["input_ids"], batch)) == 1
+    assert (batch["labels"][0, 5:] == -100).all()
+
+
 def test_empty_batch_is_a_zero_loss_padding_step():
     batch = PackedCollator(pad_to_multiple_of=8)([])
     assert batch.num_sequences == 0 and batch.num_tokens == 0 and batch.num_padding == 8

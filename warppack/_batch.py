@@ -181,11 +181,12 @@ class PackedBatch(Mapping):
 
     @property
     def num_sequences(self) -> int:
-        """Real sequences in the batch (the padding segment and empty tail segments excluded)."""
+        """Real sequences in the batch (padding segments and empty tail segments excluded)."""
         if self._num_sequences is None:
             cu = self._items()["cu_seq_lens_q"]
-            nonempty = int((cu[1:] > cu[:-1]).sum())
-            self._num_sequences = nonempty - (1 if self.num_padding else 0)
+            starts = cu[:-1]
+            real = (cu[1:] > starts) & (starts < self._total_tokens() - self.num_padding)
+            self._num_sequences = int(real.sum())
         return self._num_sequences
 
     @property

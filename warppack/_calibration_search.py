@@ -29,8 +29,8 @@ def pessimistic_lengths(budget: int, max_seq_len: int, *, short_len: int = 16,
        lengths: what attention costs when it is not varlen);
     2. many short sequences filling the budget (per-sequence overheads);
     3. the single longest sequence -- or, with ``static_shape`` (every batch padded to the budget),
-       a single one-token sequence: its padding segment is the longest a batch can hold, which
-       outweighs any real sequence.
+       a single one-token sequence: the batch with the most padding, whose padding segments are
+       the longest a batch can hold when ``max_sequences`` leaves few spare boundaries.
 
     >>> pessimistic_lengths(10, 4, short_len=3)
     [[4, 4, 2], [3, 3, 3, 1], [4]]

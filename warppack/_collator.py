@@ -79,7 +79,8 @@ class PackedCollator:
     ``max_tokens`` is the token budget a batch may not exceed (use :class:`PackedBatchSampler`
     to form batches that fit). ``pad_to_multiple_of`` pads the total length; ``static_shape=True``
     pads every batch to exactly ``max_tokens`` tokens and ``max_sequences + 1`` boundaries, so
-    ``torch.compile`` and CUDA graphs see one shape. ``pin_memory="auto"`` writes into a reusable
+    ``torch.compile`` and CUDA graphs see one shape (the padding is laid out in segments of at most
+    512 tokens as far as spare boundaries allow, so attention over it stays cheap). ``pin_memory="auto"`` writes into a reusable
     pinned buffer when CUDA is available and the collator runs in the main process.
 
     >>> collate = PackedCollator()
@@ -258,7 +259,7 @@ class PackedCollator:
                     f"this batch has {num_sequences} sequences, more than max_sequences={limit}; raise "
                     f"max_sequences or cap the sampler with max_seqs_per_bin={limit}"
                 )
-            num_cu = limit + 2  # room for every sequence plus the padding segment, one shape always
+            num_cu = limit + 2  # every sequence plus padding (in pieces where entries are spare), one shape
         else:
             if self.max_sequences is not None and num_sequences > self.max_sequences:
                 raise ValueError(
@@ -310,7 +311,7 @@ class PackedCollator:
         _packer.write_layout_into(
             ids_list, labels_list, total, num_cu, self.pad_token_id, self.label_pad_id, host
         )
-        if has_padding:  # marks the padding segment (seq_idx n from the writer) as no real sequence
+        if has_padding:  # marks the padding (seq_idx n from the writer) as no real sequence
             at = layout.offsets[3]
             host[at + 4 * real_tokens : at + 4 * total].view(np.int32)[:] = -1
         padding = total - real_tokens

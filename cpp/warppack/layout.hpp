@@ -29,7 +29,15 @@ struct LayoutOutput {
   int64_t cu_seqlens_size = 0;
 };
 
-// Writes n sequences then a padding segment up to total_tokens. Checks every size first (outputs
+// Longest padding segment the writer makes when num_cu leaves room for more than one: attention
+// runs over padding like over a sequence (its cost grows with the square of a segment's length in
+// the exact kernels, and its positions count up like a sequence's), so a static-shape batch that is
+// mostly padding must not hold it as one budget-long segment.
+constexpr int64_t kMaxPaddingSegment = 512;
+
+// Writes n sequences then the padding up to total_tokens: as few segments of at most
+// kMaxPaddingSegment tokens as the spare cu_seqlens entries allow, lengths as even as possible
+// (one segment when num_cu has room for only one), positions restarting in each. Checks every size first (outputs
 // must hold exactly total_tokens and num_cu entries, itemsizes 4 or 8); throws std::invalid_argument
 // on any misuse and on negative token ids (the outputs are then partially written).
 void write_layout(const LayoutSequence* sequences, int64_t n, int64_t total_tokens, int64_t num_cu,
