@@ -15,29 +15,21 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import warppack  # noqa: E402
+from calibrate_common import budget_alone, device_of  # noqa: E402
 from ddp_common import make_model  # noqa: E402
-from simulated_device import SimulatedDevice  # noqa: E402
 
 out = Path(sys.argv[1])
 rank = int(os.environ["RANK"])
-
-
-def device_of(model):
-    return SimulatedDevice(total_bytes=1_000_000 - 250_000 * rank, static_bytes=100_000, per_token=100,
-                           per_square=0.5).attach(model)
-
-
-twin = make_model()
-alone = warppack.calibrate_token_budget(twin, optimizer=torch.optim.AdamW(twin.parameters()), max_seq_len=64,
-                                        memory=device_of(twin), cache=False)
+alone = budget_alone(rank)
 
 from accelerate import Accelerator  # noqa: E402
 
 accelerator = Accelerator(cpu=True)
-model, optimizer = accelerator.prepare(make_model(), torch.optim.AdamW(make_model().parameters()))
+model = make_model()
+model, optimizer = accelerator.prepare(model, torch.optim.AdamW(model.parameters()))
 # the probes run the module inside DDP (no collective inside a probe): the memory model hooks it there
 budget = warppack.calibrate_token_budget(model, accelerator=accelerator, max_seq_len=64,
-                                        memory=device_of(model.module), cache=False)
+                                        memory=device_of(model.module, rank), cache=False)
 (out / f"rank{rank}.json").write_text(json.dumps({"alone": alone, "budget": budget, "wrapped": type(model).__name__,
                                                   "distributed_type": str(accelerator.distributed_type)}))
 accelerator.end_training()

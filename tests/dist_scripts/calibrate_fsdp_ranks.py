@@ -18,21 +18,12 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import warppack  # noqa: E402
+from calibrate_common import budget_alone, device_of  # noqa: E402
 from ddp_common import make_model  # noqa: E402
-from simulated_device import SimulatedDevice  # noqa: E402
 
 out = Path(sys.argv[1])
 rank = int(os.environ["RANK"])
-
-
-def device_of(model):
-    return SimulatedDevice(total_bytes=1_000_000 - 250_000 * rank, static_bytes=100_000, per_token=100,
-                           per_square=0.5).attach(model)
-
-
-twin = make_model()
-alone = warppack.calibrate_token_budget(twin, optimizer=torch.optim.AdamW(twin.parameters()), max_seq_len=64,
-                                        memory=device_of(twin), cache=False)
+alone = budget_alone(rank)
 
 dist.init_process_group("gloo", timeout=timedelta(seconds=60))
 from torch.distributed.device_mesh import init_device_mesh  # noqa: E402
@@ -53,7 +44,7 @@ shards = [p.to_local().clone() for p in model.parameters()]
 grads = [p.grad.to_local().clone() for p in model.parameters()]
 state = [{k: v.to_local().clone() if hasattr(v, "to_local") else v.clone() for k, v in s.items()}
          for s in opt.state.values()]
-budget = warppack.calibrate_token_budget(model, optimizer=opt, max_seq_len=64, memory=device_of(model),
+budget = warppack.calibrate_token_budget(model, optimizer=opt, max_seq_len=64, memory=device_of(model, rank),
                                         cache=False)
 restored = (all(torch.equal(a, p.to_local()) for a, p in zip(shards, model.parameters()))
             and all(torch.equal(g, p.grad.to_local()) for g, p in zip(grads, model.parameters()))
