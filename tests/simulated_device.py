@@ -138,8 +138,9 @@ class SimulatedDevice(DeviceMemory):
 
                 tensor.register_hook(explode)
 
-        # prepend: before FSDP's all-gather hook, so a simulated OOM strands no collective (a real
-        # one mid-forward under FSDP does; docs/calibration.md says so)
+        # prepend: the need is counted before FSDP's all-gather hook runs. A simulated OOM on one
+        # rank of a sharded model still strands the others in that all-gather, as a real one does
+        # (docs/calibration.md), so the FSDP test keeps every failed probe a measured overshoot.
         model.register_forward_pre_hook(pre, with_kwargs=True, prepend=True)
         if phase == "backward":
             (trigger or next(model.children())).register_forward_hook(arm)

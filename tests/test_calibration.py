@@ -44,7 +44,7 @@ def test_pessimistic_lengths_fill_the_budget_with_legal_sequences(budget, max_se
     shapes = pessimistic_lengths(budget, max_seq_len, short_len=short, max_sequences=cap, static_shape=static)
     assert shapes[0][: budget // max_seq_len] == [max_seq_len] * (budget // max_seq_len)
     # the single longest sequence; under static_shape the one-token batch (the longest padding)
-    alone = [1] if static else [max_seq_len]
+    alone = [1] * min(cap, budget) if static and cap else [max_seq_len]
     assert alone in shapes or shapes[0] == alone
     for lengths in shapes:
         assert sum(lengths) <= budget and all(1 <= n <= max_seq_len for n in lengths)
@@ -121,8 +121,8 @@ def test_refinement_lands_within_its_margin_of_an_affine_crossing(static, per_to
 
 
 def test_a_refinement_that_runs_out_of_memory_gets_a_second_one():
-    # Out of memory below the line's prediction (fragmentation): the first refinement fails without
-    # a peak, so the second halves what is left of the bracket instead of trying the same line again.
+    # Out of memory below the line's prediction (fragmentation): a failure without a peak leaves the
+    # line pointing past it, so each refinement halves what is left of the bracket instead.
     wall = 9_830
 
     def probe(budget):
@@ -134,6 +134,8 @@ def test_a_refinement_that_runs_out_of_memory_gets_a_second_one():
     refinements = [h for h in history if h.get("refinement")]
     assert len(refinements) == 2 and not refinements[0]["fits"] and refinements[1]["fits"], history
     assert found == refinements[1]["budget"] and wall * 0.995 <= found < wall
+    lo, hi = 9_780, 9_900  # the bracket when the refinements start (the last fit, the first OOM)
+    assert [r["budget"] for r in refinements] == [(lo + hi) // 2, (lo + (lo + hi) // 2) // 2]
 
 
 def test_next_budget_extrapolates_then_stays_inside_the_bracket():
@@ -224,6 +226,18 @@ def test_enforced_headroom_caps_the_allocator_and_budgets_from_the_allocated_pea
     device.limit = device.total_bytes  # what really fits: the whole device, no cap
     fits = _largest_fitting(device, report.max_tokens)
     assert report.max_tokens / fits >= 0.9, (report.max_tokens, fits)
+
+
+def test_enforced_cap_is_the_headroom_line_whatever_reserve_bytes_keeps_back():
+    # reserve_bytes is room for later allocations (DDP's gradient buckets): they must fit under the
+    # cap too, so the cap stays at the line and the budget shrinks instead.
+    model, opt = _toy()
+    device = _device().attach(model)
+    report = calibration_module.calibrate(model, optimizer=opt, max_seq_len=64, memory=device, cache=False,
+                                          enforce_headroom=True, reserve_bytes=100_000)
+    assert device.limit == int(0.92 * device.total_bytes)
+    assert report.target_bytes == int(0.92 * device.total_bytes) - 100_000
+    assert all(p["peak_allocated_bytes"] <= report.target_bytes for p in report.probes if p["fits"])
 
 
 def test_enforce_headroom_needs_a_device_that_can_cap():
@@ -486,6 +500,7 @@ def test_fsdp2_sharded_ranks_agree_and_get_their_shards_back(tmp_path):
     assert r0["alone"] != r1["alone"]  # the ranks really had different memory
     assert r0["budget"] == r1["budget"] == min(r0["alone"], r1["alone"])
     assert r0["restored"] and r1["restored"]  # local shards, gradients and optimizer state, bit for bit
+    assert "enforce_headroom=False" in r0["refused"] and "enforce_headroom=False" in r1["refused"]
 
 
 @pytest.mark.distributed

@@ -319,6 +319,28 @@ def test_layout_matches_reference(seqs, padding, extra_cu, pad_id, label_pad_id)
 
 
 @settings(max_examples=150, deadline=None)
+@given(st.integers(0, 4), st.integers(1, 3000), st.integers(0, 12))
+def test_padding_pieces_are_short_even_and_restart_their_positions(n, padding, extra_cu):
+    # Independent of the reference: what the split promises, read back from the outputs.
+    ids = [np.arange(1, 4, dtype=np.int64)] * n
+    total, num_cu = 3 * n + padding, n + 2 + extra_cu
+    out = layout_arrays(total, num_cu)
+    _packer.write_layout(ids, None, total, num_cu, 0, -100, *out)
+    positions, seq_idx, cu = out[2], out[3], out[4].tolist()
+    pieces = [(a, b) for a, b in zip(cu[n:], cu[n + 1:]) if b > a]
+    lengths = [b - a for a, b in pieces]
+    spare = num_cu - 1 - n
+    assert sum(lengths) == padding and len(lengths) <= spare and cu[-1] == total
+    assert max(lengths) - min(lengths) <= 1
+    if spare * 512 >= padding:
+        assert max(lengths) <= 512 and len(lengths) == -(-padding // 512)
+    else:
+        assert len(lengths) == spare  # every spare entry used
+    assert all(positions[a:b].tolist() == list(range(b - a)) for a, b in pieces)
+    assert (seq_idx[3 * n:] == n).all() and cu == sorted(cu)
+
+
+@settings(max_examples=150, deadline=None)
 @given(
     st.lists(st.tuples(st.lists(st.integers(0, 2**31 - 1), max_size=9), st.sampled_from([None, 32, 64]),
                        st.sampled_from([32, 64])), max_size=7),

@@ -57,8 +57,9 @@ class PackedBatch(Mapping):
     Built by :class:`~warppack.PackedCollator`, every tensor is a view of one contiguous host buffer,
     so :meth:`to` and :meth:`pin_memory` each move it in one copy. Keys: ``input_ids``, ``labels``,
     ``position_ids``, ``seq_idx`` (``[1, T]``), ``cu_seq_lens_q``/``cu_seq_lens_k`` (int32),
-    ``max_length_q``/``max_length_k`` (ints). Padding tokens, if any, form a final segment whose
-    ``seq_idx`` is -1 and whose labels are all ignored.
+    ``max_length_q``/``max_length_k`` (ints). Padding tokens, if any, come last, as one segment (or,
+    under ``static_shape``, pieces of at most 512 tokens) whose ``seq_idx`` is -1 and whose labels
+    are all ignored.
 
     A plain mapping of those keys is accepted too (``PackedBatch(dict(batch))``), which is what
     libraries that rebuild mappings key by key (HF Trainer's input preparation) do.

@@ -34,7 +34,7 @@ from warppack._calibration_step import TrainStep as _TrainStep
 from warppack._calibration_step import default_loss, make_batch as _batch, unwrap_ddp, vocab_size as _vocab_size
 from warppack._collator import PackedCollator
 from warppack._memory import (CudaMemory, DeviceMemory, TrainingSnapshot, all_ranks_max, device_memory,
-                              expandable_segments, format_bytes, is_oom_error, world_size)
+                              expandable_segments, format_bytes, gathers_parameters, is_oom_error, world_size)
 from warppack._planning import check_max_tokens
 from warppack._progress import Progress
 
@@ -82,7 +82,8 @@ def calibrate_token_budget(model: torch.nn.Module, *, max_seq_len: int, accelera
     headroom line. ``enforce_headroom=True`` caps this process's allocator at the headroom line
     (``torch.cuda.set_per_process_memory_fraction``, left in place for the training that follows):
     the allocator then hands cached blocks back instead of growing past it, so the budget is chosen
-    from the *allocated* peak and the reserved peak can never cross the line. The model, optimizer,
+    from the *allocated* peak and the reserved peak stays under the line (not for sharded models:
+    FSDP/DeepSpeed cannot survive one rank's out-of-memory error mid-forward). The model, optimizer,
     gradients and RNG states are left exactly as they were.
     ``memory`` replaces the CUDA probe (simulations, other devices). See docs/calibration.md.
 
@@ -131,7 +132,14 @@ def calibrate(model, *, max_seq_len, accelerator=None, optimizer=None, collator=
                           mixed_precision=getattr(accelerator, "mixed_precision", None), settings=settings)
     report = CalibrationReport(0, device=memory.name, total_bytes=memory.total_bytes, target_bytes=int(target))
     if enforce_headroom:  # before the cache lookup: a cached budget was measured under this cap too
-        memory.cap(int(target))
+        if ranks > 1 and gathers_parameters(model):
+            raise ValueError(
+                "enforce_headroom=True turns every failed probe into an out-of-memory error, and under FSDP or "
+                "DeepSpeed one rank failing part-way through a forward leaves the others in an all-gather; "
+                "calibrate this model with enforce_headroom=False")
+        # The line itself, not target: reserve_bytes is room for what is allocated later (DDP's
+        # gradient buckets), which must still fit under the cap.
+        memory.cap(int((1 - headroom) * memory.total_bytes))
     if cache:
         # Every rank looks in its own cache (nodes may not share a disk); use it only if all found it.
         found = load_budget(key, cache_dir)

@@ -28,9 +28,10 @@ def pessimistic_lengths(budget: int, max_seq_len: int, *, short_len: int = 16,
     1. as many ``max_seq_len`` sequences as fit, the rest as one more (the largest sum of squared
        lengths: what attention costs when it is not varlen);
     2. many short sequences filling the budget (per-sequence overheads);
-    3. the single longest sequence -- or, with ``static_shape`` (every batch padded to the budget),
-       a single one-token sequence: the batch with the most padding, whose padding segments are
-       the longest a batch can hold when ``max_sequences`` leaves few spare boundaries.
+    3. the single longest sequence -- or, with ``static_shape`` (every batch padded to the budget)
+       and ``max_sequences=m``, ``m`` one-token sequences: every boundary is taken, so the padding
+       is one segment ``budget - m`` long, the longest any batch holds (attention runs over it like
+       over a sequence). Without the cap static padding comes in pieces of at most 512 tokens.
 
     >>> pessimistic_lengths(10, 4, short_len=3)
     [[4, 4, 2], [3, 3, 3, 1], [4]]
@@ -44,10 +45,16 @@ def pessimistic_lengths(budget: int, max_seq_len: int, *, short_len: int = 16,
         base, extra = divmod(budget, max_sequences)  # fewest tokens per sequence the cap allows
         short = [min(max_seq_len, base + (i < extra)) for i in range(max_sequences)]
     shapes: List[List[int]] = []
-    for lengths in (long, short, [1] if static_shape else [min(max_seq_len, budget)]):
+    for lengths in (long, short, _alone(budget, max_seq_len, max_sequences, static_shape)):
         if lengths not in shapes:
             shapes.append(lengths)
     return shapes
+
+
+def _alone(budget: int, max_seq_len: int, max_sequences: Optional[int], static_shape: bool) -> List[int]:
+    if static_shape and max_sequences is not None:
+        return [1] * min(max_sequences, budget)
+    return [min(max_seq_len, budget)]
 
 
 def probe_schedule(budget: int, max_seq_len: int, *, short_len: int = 16,
@@ -68,12 +75,13 @@ def probe_schedule(budget: int, max_seq_len: int, *, short_len: int = 16,
     3. many short sequences filling the budget (per-sequence overheads), after the long batch;
     4. the long batch again, after the short one (whichever of the two needs more comes second once);
     5. the single longest sequence (cheap: checks it alone, as the search always did); under
-       ``static_shape``, the one-token batch instead (see :func:`pessimistic_lengths`).
+       ``static_shape`` with ``max_sequences``, the longest-padding batch instead (see
+       :func:`pessimistic_lengths`).
     """
     shapes = pessimistic_lengths(budget, max_seq_len, short_len=short_len, max_sequences=max_sequences,
                                  static_shape=static_shape)
     long, others = shapes[0], shapes[1:]
-    single = [1] if static_shape else [min(max_seq_len, budget)]
+    single = _alone(budget, max_seq_len, max_sequences, static_shape)
     shorts = [lengths for lengths in others if lengths != single]
     whole = max(1, (budget - 1) // max_seq_len)  # strictly fewer tokens than the budget when possible
     first = [max_seq_len] * whole if budget > max_seq_len else [max(1, budget // 2)]
@@ -120,7 +128,8 @@ def next_budget(lo: int, hi: Optional[int], points: Sequence[Tuple[int, float]],
 
 def _refinement(lo: int, hi: Optional[int], points: Sequence[Tuple[int, float]], *, target: float,
                 margin: float, granularity: int) -> Optional[int]:
-    """A budget strictly inside ``(lo, hi)``, ``margin`` under the predicted crossing of ``target``; None if none."""
+    """A budget strictly inside ``(lo, hi)``, ``margin`` under the predicted crossing of ``target``
+    (the bracket's midpoint when the line puts the crossing at or past ``hi``); None if none."""
     if hi is None:
         return None
     guess = _linear_guess(points, lo, target)
@@ -143,8 +152,10 @@ def search_budget(probe: Callable[[int], Tuple[bool, Optional[float], Optional[s
     (e.g. peak bytes, or a fraction of usable memory) is about affine in the budget and fits up to
     ``target``; None when the step ran out of memory. Once bracketed, up to two refinement probes
     aim ``margin`` (default ``tolerance / 5``) under the interpolated crossing inside the bracket
-    (marked ``"refinement": True`` in the history); the second one only when the line through the
-    first one's peak still predicts room (or the first one failed, which narrows the bracket).
+    (marked ``"refinement": True`` in the history), or at the bracket's midpoint when the line
+    puts the crossing at or past the failed budget (it ran out of memory before its peak showed).
+    A second refinement follows a failed first one, or a fitting one after which the line still
+    predicts at least ``margin`` more.
     """
     margin = tolerance / 5 if margin is None else margin
     lo: Optional[int] = None
@@ -172,8 +183,8 @@ def search_budget(probe: Callable[[int], Tuple[bool, Optional[float], Optional[s
             return lo, history
         if done:
             # Bracketed within tolerance: probe where the line through the bracket's peaks meets
-            # the target (the bisection alone gives away up to ``tolerance``). A refinement that
-            # fails, or lands short of a prediction it then corrects, gets one more.
+            # the target (the bisection alone gives away up to ``tolerance``). After a refinement
+            # that fits, another only if the new line predicts at least ``margin`` more.
             refine = _refinement(lo, hi, points, target=target, margin=margin, granularity=granularity)
             small_gain = refine is not None and refinements and history[-1]["fits"] and refine < lo * (1 + margin)
             if refine is None or refinements >= 2 or small_gain:

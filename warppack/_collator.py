@@ -259,7 +259,7 @@ class PackedCollator:
                     f"this batch has {num_sequences} sequences, more than max_sequences={limit}; raise "
                     f"max_sequences or cap the sampler with max_seqs_per_bin={limit}"
                 )
-            num_cu = limit + 2  # every sequence plus padding (in pieces where entries are spare), one shape
+            num_cu = limit + 2  # one shape always; the entries left spare let the writer split the padding
         else:
             if self.max_sequences is not None and num_sequences > self.max_sequences:
                 raise ValueError(

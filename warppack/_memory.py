@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-__all__ = ["is_oom_error", "DeviceMemory", "CudaMemory", "device_memory", "no_cuda_reason", "TrainingSnapshot",
+__all__ = ["is_oom_error", "gathers_parameters", "DeviceMemory", "CudaMemory", "device_memory", "no_cuda_reason", "TrainingSnapshot",
            "all_ranks_max", "world_size", "format_bytes", "allocator_config", "expandable_segments"]
 
 # Messages of allocators that do not raise torch.OutOfMemoryError (older torch, cuBLAS/cuDNN
@@ -52,6 +52,14 @@ def is_oom_error(error: BaseException) -> bool:
     if isinstance(error, RuntimeError) and error.args and isinstance(error.args[0], str):
         return any(message in error.args[0] for message in _OOM_MESSAGES)
     return False
+
+
+def gathers_parameters(model: torch.nn.Module) -> bool:
+    """Whether ``model`` is sharded (FSDP, DeepSpeed): its forward all-gathers parameters from every
+    rank, so one rank failing part-way leaves the others waiting in a collective."""
+    names = {type(m).__name__ for m in model.modules()}
+    return bool(names & {"FullyShardedDataParallel", "FSDPModule", "DeepSpeedEngine"}) or any(
+        n.startswith("FSDP") for n in names)
 
 
 def allocator_config() -> str:
@@ -169,11 +177,13 @@ class CudaMemory(DeviceMemory):
 
     def cap(self, max_bytes: int) -> None:
         # The per-process fraction bounds what the allocator reserves; the context and NCCL buffers
-        # held outside it come off first, so the bound is on what is not free on the device.
-        fraction = (max_bytes - self._held_outside_allocator()) / self.total_bytes
+        # held outside it now come off first. What is allocated outside PyTorch later (e.g. NCCL
+        # communicators made at the first collective) is not covered: reserve_bytes is for that.
+        outside = self._held_outside_allocator()
+        fraction = (max_bytes - outside) / self.total_bytes
         if not 0 < fraction <= 1:
             raise ValueError(f"cannot cap {self.name} at {format_bytes(max_bytes)}: "
-                             f"{format_bytes(self._held_outside_allocator())} is already held outside PyTorch")
+                             f"{format_bytes(outside)} is already held outside PyTorch")
         torch.cuda.set_per_process_memory_fraction(fraction, self.device)
 
 

@@ -29,7 +29,7 @@ import torch
 from warppack._batch import PackedBatch, unpack
 from warppack._calibration_step import default_loss, unwrap_ddp
 from warppack._collator import PackedCollator
-from warppack._memory import all_ranks_max, is_oom_error, world_size
+from warppack._memory import all_ranks_max, gathers_parameters, is_oom_error, world_size
 
 __all__ = ["OOMGuard", "split_points"]
 
@@ -261,9 +261,7 @@ def _release() -> None:
 def _refuse_sharded(model: torch.nn.Module) -> None:
     if world_size() == 1:
         return
-    names = {type(m).__name__ for m in model.modules()}
-    if names & {"FullyShardedDataParallel", "FSDPModule", "DeepSpeedEngine"} or any(
-            n.startswith("FSDP") for n in names):
+    if gathers_parameters(model):
         raise ValueError(
             "OOMGuard in a distributed run supports DistributedDataParallel models; with FSDP or DeepSpeed a "
             "forward gathers parameters from every rank, so one rank retrying a split would desynchronise "

@@ -3,7 +3,9 @@
 Run by tests/test_calibration.py through ``torch.distributed.run --nproc_per_node=2``; writes
 ``rank{r}.json`` into the folder given as argv[1]: the budget each rank measures alone (an unsharded
 twin, before any process group), the sharded budget, and whether the local shards, gradients and
-optimizer state came back exactly.
+optimizer state came back exactly, and the refusal of ``enforce_headroom=True``. The simulated
+memory of each rank keeps every failed probe a measured overshoot, never an out-of-memory error: one
+rank's OOM mid-forward would leave the other in FSDP's all-gather (docs/calibration.md).
 """
 
 import json
@@ -50,6 +52,12 @@ restored = (all(torch.equal(a, p.to_local()) for a, p in zip(shards, model.param
             and all(torch.equal(g, p.grad.to_local()) for g, p in zip(grads, model.parameters()))
             and all(all(torch.equal(s[k], v.to_local() if hasattr(v, "to_local") else v) for k, v in now.items())
                     for s, now in zip(state, opt.state.values())))
+try:  # every failed probe under the cap is an OOM, which a sharded forward cannot survive on one rank
+    warppack.calibrate_token_budget(model, optimizer=opt, max_seq_len=64, memory=device_of(model, rank),
+                                    cache=False, enforce_headroom=True)
+    refused = ""
+except ValueError as error:
+    refused = str(error)
 (out / f"rank{rank}.json").write_text(json.dumps({"alone": alone, "budget": budget, "restored": restored,
-                                                  "sharded": type(model).__name__}))
+                                                  "sharded": type(model).__name__, "refused": refused}))
 dist.destroy_process_group()
