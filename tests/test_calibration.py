@@ -315,7 +315,7 @@ def test_model_that_does_not_fit_one_sequence_says_how_much_it_needed(per_token,
     device = _device(per_token=per_token, per_square=3).attach(model)  # 512 tokens: > 92% (or > 100%)
     with pytest.raises(RuntimeError, match=r"does not fit one max_seq_len=512 sequence on simulated-gpu") as info:
         warppack.calibrate_token_budget(model, optimizer=opt, max_seq_len=512, memory=device, cache=False)
-    assert "headroom=0.08" in str(info.value) and "gradient checkpointing" in str(info.value)
+    assert "headroom=0.08" in str(info.value) and "activation checkpointing" in str(info.value)
     assert __import__("re").search(match, str(info.value))
 
 
@@ -455,9 +455,10 @@ def test_cache_key_changes_with_each_input():
         "allocator": digest(device={"name": "H100", "total_bytes": 80,
                                     "allocator": {"backend": "native", "conf": "expandable_segments:True"}}),
     }
-    model.gradient_checkpointing_enable()
+    new_name = hasattr(model, "activation_checkpointing_enable")  # transformers renamed it; the old name warns
+    (model.activation_checkpointing_enable if new_name else model.gradient_checkpointing_enable)()
     variants["checkpointing"] = digest()
-    model.gradient_checkpointing_disable()
+    (model.activation_checkpointing_disable if new_name else model.gradient_checkpointing_disable)()
     model.set_attn_implementation("sdpa")
     variants["attention"] = digest()
     model.set_attn_implementation("eager")

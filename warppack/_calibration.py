@@ -234,7 +234,8 @@ def calibrate(model, *, max_seq_len, accelerator=None, optimizer=None, collator=
             f"sequence on {memory.name}: a training step on {start} tokens {needed}, more than the "
             f"{format_bytes(target)} usable of {format_bytes(memory.total_bytes)} with headroom={headroom}"
             f"{f' and reserve_bytes={reserve_bytes}' if reserve_bytes else ''}. Lower max_seq_len, enable "
-            f"gradient checkpointing (model.gradient_checkpointing_enable()), use a lighter optimizer, or "
+            f"activation checkpointing (model.activation_checkpointing_enable(), gradient_checkpointing_enable() "
+            f"in older transformers), use a lighter optimizer, or "
             f"lower headroom")
     (neg_budget,) = all_ranks_max([-budget])  # identical by construction; MIN makes it a guarantee
     report.max_tokens = -int(neg_budget)

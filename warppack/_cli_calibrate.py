@@ -152,8 +152,8 @@ def run(args: argparse.Namespace) -> int:
         max_seq_len = getattr(model.config, "max_position_embeddings", None)
         if not max_seq_len:
             raise CliError("the model's config has no max_position_embeddings; pass --max-seq-len", EXIT_USAGE)
-    if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    if args.gradient_checkpointing:  # transformers renamed it; the old name warns where the new one exists
+        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
     model.train()
     model = _to_device(model)
     optimizer_class = torch.optim.AdamW if args.optimizer == "adamw" else torch.optim.SGD
