@@ -436,7 +436,8 @@ def test_calibrate_bad_path(tmp_path, capsys):
 
 
 def test_calibrate_bad_values(tiny_model_dir, capsys):
-    for extra in (["--max-seq-len", "0"], ["--headroom", "1.5"], ["--pad-to-multiple-of", "-8"]):
+    for extra in (["--max-seq-len", "0"], ["--headroom", "1.5"], ["--pad-to-multiple-of", "-8"],
+                  ["--max-sequences", "8"], ["--static-shape", "--max-sequences", "0"]):
         code, _, err = _run(capsys, ["calibrate", tiny_model_dir, *extra])
         assert code == EXIT_USAGE, extra
         _assert_one_line_error(err, "calibrate")
@@ -487,6 +488,11 @@ def test_calibrate_calls_the_calibrator_by_name(tiny_model_dir, capsys, monkeypa
     assert seen["collator"] is None
     code, out, _ = _run(capsys, ["calibrate", tiny_model_dir, "--max-seq-len", "64", "--pad-to-multiple-of", "64"])
     assert code == 0 and "token budget: 4,096 tokens per batch" in out and seen["max_seq_len"] == 64
+    assert seen["collator"].pad_to_multiple_of == 64
+    code, out, _ = _run(capsys, ["calibrate", tiny_model_dir, "--pad-to-multiple-of", "64", "--static-shape",
+                                 "--max-sequences", "32"])
+    assert code == 0 and "PackedCollator(max_tokens=4096, static_shape=True, max_sequences=32)" in out
+    assert seen["collator"].static_shape and seen["collator"].max_sequences == 32
     assert seen["collator"].pad_to_multiple_of == 64
 
 

@@ -31,7 +31,7 @@ def pessimistic_lengths(budget: int, max_seq_len: int, *, short_len: int = 16,
     3. the single longest sequence -- or, with ``static_shape`` (every batch padded to the budget)
        and ``max_sequences=m``, ``m`` one-token sequences: every boundary is taken, so the padding
        is one segment ``budget - m`` long, the longest any batch holds (attention runs over it like
-       over a sequence). Without the cap static padding comes in pieces of at most 512 tokens.
+       over a sequence). Without ``max_sequences``, static padding comes in pieces of at most 512 tokens.
 
     >>> pessimistic_lengths(10, 4, short_len=3)
     [[4, 4, 2], [3, 3, 3, 1], [4]]

@@ -53,6 +53,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pad-to-multiple-of", type=int, default=None, metavar="M", help="round the budget down to a multiple of M"
     )
+    parser.add_argument(
+        "--static-shape", action="store_true",
+        help="measure for PackedCollator(static_shape=True): every batch padded to the budget (a larger budget fits)"
+    )
+    parser.add_argument(
+        "--max-sequences", type=int, default=None, metavar="M", help="with --static-shape: the collator's max_sequences"
+    )
     parser.add_argument("--no-cache", action="store_true", help="measure again even if a cached result exists")
     parser.add_argument("--cache-dir", default=None, metavar="PATH", help="where results are cached (calibrator default)")
     parser.add_argument("--gguf-file", default=None, help="the .gguf file in MODEL_DIR (default: the only one)")
@@ -135,6 +142,9 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--headroom must be in (0, 1), got {args.headroom}", EXIT_USAGE)
     if args.pad_to_multiple_of is not None and args.pad_to_multiple_of <= 0:
         raise CliError(f"--pad-to-multiple-of must be positive, got {args.pad_to_multiple_of}", EXIT_USAGE)
+    if args.max_sequences is not None and (args.max_sequences <= 0 or not args.static_shape):
+        raise CliError(f"--max-sequences must be a positive count and goes with --static-shape, got "
+                       f"{args.max_sequences}{'' if args.static_shape else ' without --static-shape'}", EXIT_USAGE)
     source = _model_source(args.model_dir, args.gguf_file)
     _require_cuda()
     import torch
@@ -172,7 +182,11 @@ def run(args: argparse.Namespace) -> int:
 
     wanted: Dict[str, Any] = {"max_seq_len": int(max_seq_len), "optimizer": optimizer, "accelerator": accelerator}
     collator = None
-    if args.pad_to_multiple_of is not None:
+    if args.static_shape:  # the layout the probes copy; its max_tokens is a placeholder the calibrator ignores
+        multiple = args.pad_to_multiple_of or 1
+        collator = warppack.PackedCollator(multiple, pad_to_multiple_of=args.pad_to_multiple_of, static_shape=True,
+                                           max_sequences=args.max_sequences)
+    elif args.pad_to_multiple_of is not None:
         collator = warppack.PackedCollator(pad_to_multiple_of=args.pad_to_multiple_of)
     optional = {
         "headroom": args.headroom,
@@ -180,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
         "cache": False if args.no_cache else None,
         "cache_dir": args.cache_dir,
     }
-    flags = {"cache": "--no-cache", "collator": "--pad-to-multiple-of"}
+    flags = {"cache": "--no-cache", "collator": "--static-shape" if args.static_shape else "--pad-to-multiple-of"}
     parameters = inspect.signature(calibrate).parameters
     takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
     for name, value in optional.items():
@@ -197,8 +211,10 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"max_tokens": budget, "model": args.model_dir, "max_seq_len": int(max_seq_len), "device": device}))
     else:
         print(f"token budget: {budget:,} tokens per batch ({args.model_dir}, max_seq_len {max_seq_len:,}, {device})")
+        layout = "" if not args.static_shape else ", static_shape=True" + (
+            f", max_sequences={args.max_sequences}" if args.max_sequences else "")
         print(
             f"use it as max_tokens: PackedBatchSampler(lengths, max_tokens={budget}) and "
-            f"PackedCollator(max_tokens={budget})"
+            f"PackedCollator(max_tokens={budget}{layout})"
         )
     return 0
