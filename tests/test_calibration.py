@@ -526,3 +526,15 @@ def test_gpu_benchmark_script_runs_in_smoke_mode(tmp_path):
     assert 0.85 <= row["calibrated_over_fits"] <= 1 and row["fits"]["complete"]
     assert row["accelerate"]["batch_size"] > 0
     assert "| tiny |" in (tmp_path / "gpu_calibration.md").read_text()
+    # the configuration of the H200 evidence: static shapes and the enforced cap
+    enforced = tmp_path / "enforced"
+    assert gpu_calibration.main(["--smoke", "--batches", "1", "--static-shape", "--enforce-headroom",
+                                 "--out", str(enforced)]) == 0
+    data = json.loads((enforced / "gpu_calibration.json").read_text())
+    (row,) = data["rows"]
+    assert data["meta"]["static_shape"] and data["meta"]["enforce_headroom"]
+    assert row["adversarial"]["ooms"] == 0 and row["adversarial"]["peak_reserved_fraction"] <= 0.92
+    # (the ratio is the GPU's to show: in this simulation a static batch's padding segment costs its
+    # square, so the probes' mostly empty batch sets the budget)
+    assert 0 < row["calibrated_over_fits"] <= 1 and row["accelerate"]["batch_size"] > 0
+    assert "allocator capped at the headroom line" in (enforced / "gpu_calibration.md").read_text()
