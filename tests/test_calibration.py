@@ -43,7 +43,8 @@ def test_pessimistic_lengths_fill_the_budget_with_legal_sequences(budget, max_se
     budget = max(budget, max_seq_len)
     shapes = pessimistic_lengths(budget, max_seq_len, short_len=short, max_sequences=cap, static_shape=static)
     assert shapes[0][: budget // max_seq_len] == [max_seq_len] * (budget // max_seq_len)
-    # the single longest sequence; under static_shape the one-token batch (the longest padding)
+    # the single longest sequence; under static_shape with max_sequences=m, m one-token sequences
+    # (all boundaries taken: the longest padding segment)
     alone = [1] * min(cap, budget) if static and cap else [max_seq_len]
     assert alone in shapes or shapes[0] == alone
     for lengths in shapes:

@@ -83,7 +83,7 @@ class PackedBatch(Mapping):
         missing = [key for key in _KEYS if key not in data]
         if missing:
             raise KeyError(
-                f"a PackedBatch needs the keys {list(TENSOR_KEYS + _INT_KEYS)}; missing {missing}. "
+                f"a PackedBatch needs the keys {list(_KEYS)}; missing {missing}. "
                 f"Build batches with warppack.PackedCollator"
             )
         self._data = dict(data)

@@ -42,7 +42,8 @@ __all__ = ["calibrate_token_budget", "calibrate", "CalibrationReport", "pessimis
            "search_budget", "next_budget", "default_loss", "unwrap_ddp"]
 
 logger = logging.getLogger("warppack")
-_PROBE_KIND = "fresh-optimizer-state, varying-totals, reserved-peak, static-tiny"  # in the cache key: older entries measured less
+# In the cache key: entries of an older probe design measured less.
+_PROBE_KIND = "fresh-optimizer-state, varying-totals, reserved-peak, static-longest-padding"
 
 
 @dataclass

@@ -80,8 +80,9 @@ class PackedCollator:
     to form batches that fit). ``pad_to_multiple_of`` pads the total length; ``static_shape=True``
     pads every batch to exactly ``max_tokens`` tokens and ``max_sequences + 1`` boundaries, so
     ``torch.compile`` and CUDA graphs see one shape (the padding is laid out in segments of at most
-    512 tokens as far as spare boundaries allow, so attention over it stays cheap). ``pin_memory="auto"`` writes into a reusable
-    pinned buffer when CUDA is available and the collator runs in the main process.
+    512 tokens as far as spare boundaries allow, so attention over it stays cheap).
+    ``pin_memory="auto"`` writes into a reusable pinned buffer when CUDA is available and the
+    collator runs in the main process.
 
     >>> collate = PackedCollator()
     >>> batch = collate([{"input_ids": [5, 6, 7]}, {"input_ids": [8, 9]}])

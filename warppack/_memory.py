@@ -28,8 +28,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-__all__ = ["is_oom_error", "gathers_parameters", "DeviceMemory", "CudaMemory", "device_memory", "no_cuda_reason", "TrainingSnapshot",
-           "all_ranks_max", "world_size", "format_bytes", "allocator_config", "expandable_segments"]
+__all__ = ["is_oom_error", "gathers_parameters", "DeviceMemory", "CudaMemory", "device_memory", "no_cuda_reason",
+           "TrainingSnapshot", "all_ranks_max", "world_size", "format_bytes", "allocator_config",
+           "expandable_segments"]
 
 # Messages of allocators that do not raise torch.OutOfMemoryError (older torch, cuBLAS/cuDNN
 # workspaces, MPS, the CPU allocator). Same list as accelerate's should_reduce_batch_size, minus
@@ -57,9 +58,9 @@ def is_oom_error(error: BaseException) -> bool:
 def gathers_parameters(model: torch.nn.Module) -> bool:
     """Whether ``model`` is sharded (FSDP, DeepSpeed): its forward all-gathers parameters from every
     rank, so one rank failing part-way leaves the others waiting in a collective."""
+    # FSDP2 makes a class per wrapped module (FSDPLlamaForCausalLM, ...): hence the prefix.
     names = {type(m).__name__ for m in model.modules()}
-    return bool(names & {"FullyShardedDataParallel", "FSDPModule", "DeepSpeedEngine"}) or any(
-        n.startswith("FSDP") for n in names)
+    return bool(names & {"FullyShardedDataParallel", "DeepSpeedEngine"}) or any(n.startswith("FSDP") for n in names)
 
 
 def allocator_config() -> str:

@@ -37,9 +37,10 @@ constexpr int64_t kMaxPaddingSegment = 512;
 
 // Writes n sequences then the padding up to total_tokens: as few segments of at most
 // kMaxPaddingSegment tokens as the spare cu_seqlens entries allow, lengths as even as possible
-// (one segment when num_cu has room for only one), positions restarting in each. Checks every size first (outputs
-// must hold exactly total_tokens and num_cu entries, itemsizes 4 or 8); throws std::invalid_argument
-// on any misuse and on negative token ids (the outputs are then partially written).
+// (one segment when num_cu has room for only one), positions restarting in each. Checks every size
+// first (outputs must hold exactly total_tokens and num_cu entries, itemsizes 4 or 8); throws
+// std::invalid_argument on any misuse and on negative token ids (the outputs are then partially
+// written).
 void write_layout(const LayoutSequence* sequences, int64_t n, int64_t total_tokens, int64_t num_cu,
                   int64_t pad_token_id, int64_t label_pad_id, const LayoutOutput& out);
 

@@ -15,15 +15,15 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import warppack  # noqa: E402
-from simulated_device import SimulatedDevice, ToyLM  # noqa: E402
+from calibrate_common import device_of  # noqa: E402
+from simulated_device import ToyLM  # noqa: E402
 
 out = Path(sys.argv[1])
 rank = int(os.environ["RANK"])
 torch.manual_seed(0)
 model = ToyLM()
 opt = torch.optim.AdamW(model.parameters())
-device = SimulatedDevice(total_bytes=1_000_000 - 250_000 * rank, static_bytes=100_000, per_token=100,
-                         per_square=0.5).attach(model)
+device = device_of(model, rank)
 kwargs = dict(optimizer=opt, max_seq_len=128, memory=device)
 
 alone = warppack.calibrate_token_budget(model, cache=False, **kwargs)  # before any process group
