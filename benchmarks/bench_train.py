@@ -647,8 +647,9 @@ def main(argv=None, start=None) -> int:
     meta = C.env_info(device)
     meta.update(command="python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
                 smoke=args.smoke, seed=args.seed, mem_frac=args.mem_frac, notes=[
-                    "Models have random weights (throughput does not depend on weight values); tokens are the "
-                    "Python standard library's own source bytes, two bytes per token, the same sequences for every arm.",
+                    "Training models have random weights (throughput does not depend on weight values); tokens are "
+                    "the Python standard library's own source bytes, two bytes per token, the same sequences for "
+                    "every arm. Evaluation states its own model and text below.",
                     "Real tokens/s counts non-padding tokens only; medians over timed windows (CUDA events on the "
                     "compute stream, no sync inside a window).",
                     "Largest batch per arm: peak memory fitted from two probe steps (peak = a + c x slot tokens), "
