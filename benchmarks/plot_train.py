@@ -111,7 +111,8 @@ def plot(results_path: Path, out_dir: Path) -> List[Path]:
             ax.set_ylabel("real tokens/s, median")
             ax.set_title(f"eval (forward-only): {dist}", fontsize=10)
             ax.margins(y=0.18)
-        fig.suptitle("Scoring throughput, SmolLM2-135M architecture (random weights)\n" + _title(meta), fontsize=10)
+        model = results["eval"].get("model", {}).get("architecture", "SmolLM2-135M")
+        fig.suptitle(f"Scoring throughput, {model}\n" + _title(meta), fontsize=10)
         fig.tight_layout()
         path = out_dir / "eval_throughput.png"
         fig.savefig(path, dpi=110)

@@ -156,3 +156,33 @@ def test_trl_arm_runs_without_datasets():
     env = dict(os.environ, BENCH_FORCE_DATASETS_STUB="1")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+
+
+def test_compare_runs_medians_and_refusals(smoke, tmp_path):
+    import compare_runs
+
+    out, res = smoke
+    other = json.loads(json.dumps(res))
+    for dist in other["train"]:
+        for arm in other["train"][dist]["arms"].values():
+            if arm.get("real_tokens_per_s"):
+                arm["real_tokens_per_s"] *= 3.0
+    (tmp_path / "b.json").write_text(json.dumps(other))
+    (tmp_path / "c.json").write_text(json.dumps(other))
+    runs = compare_runs.load_runs([out / "results.json", tmp_path / "b.json", tmp_path / "c.json"])
+    for dist in res["train"]:
+        arms = compare_runs.median_arms(runs, dist)
+        for key, arm in res["train"][dist]["arms"].items():
+            if arm.get("real_tokens_per_s"):
+                assert arms[key]["real_tokens_per_s"] == pytest.approx(3.0 * arm["real_tokens_per_s"])
+                assert len(arms[key]["runs"]) == 3
+    text = compare_runs.report(runs, ["a", "b", "c"])
+    assert text.count("| 7 | compute-only bound |") == 2 and "ceiling:" in text
+
+    other["meta"]["torch"] = "0.0"
+    (tmp_path / "d.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="one software stack"):
+        compare_runs.load_runs([out / "results.json", tmp_path / "d.json"])
+    (tmp_path / "e.json").write_text("{")
+    with pytest.raises(SystemExit, match="cannot read"):
+        compare_runs.load_runs([tmp_path / "e.json"])
