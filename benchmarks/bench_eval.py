@@ -5,7 +5,8 @@ dequantized by transformers) scoring the Python standard library's sources token
 tokenizer; a fidelity check first scores 16 sequences packed and one by one. Without it, the same
 architecture (LlamaConfig: hidden 576, 30 layers, 9 heads, 3 KV heads, vocab 49152) with random
 weights: throughput does not depend on weight values. The GGUF (98 MB) is over one device call's
-64 MiB, so the device command carries it in two halves over two calls and joins them. Every arm
+64 MiB, so it travels in two halves over two device calls (scripts/carry_smollm2.sh splits it,
+scripts/gpu_bench_train.sh joins and checks it). Every arm
 scores the same sequences (per-sequence summed negative log-likelihood, the lm-eval "loglikelihood"
 shape) with the same number of slot tokens per batch:
 
