@@ -146,7 +146,7 @@ def attention_only(setup: Setup, bins: list) -> dict:
     def run_sdpa_packed(lengths):
         t = setup.budget
         cu = torch.tensor([0] + static(lengths), device=dev).cumsum(0)
-        mask = warppack._attention_exact.segment_mask(cu, cu, t, t)[None, None]  # what transformers builds
+        mask = warppack.attention.exact.segment_mask(cu, cu, t, t)[None, None]  # what transformers builds
         q = torch.randn(1, hq, t, d, device=dev, dtype=dt, requires_grad=True)
         k, v = (torch.randn(1, hkv, t, d, device=dev, dtype=dt, requires_grad=True) for _ in range(2))
         rep = hq // hkv  # transformers' sdpa repeats kv heads whenever a mask is present

@@ -291,7 +291,7 @@ def consistency_check(ctx, model, arms: dict, ds, lengths, L) -> dict:
 
 def _reset_backend() -> None:
     try:
-        warppack._attention._state["last"] = None  # so attention_backend() reports this arm's kernel only
+        warppack.attention.dispatch._state["last"] = None  # so attention_backend() reports this arm's kernel only
     except Exception:  # noqa: BLE001
         pass
 

@@ -41,9 +41,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 import warppack  # noqa: E402  (registers attn_implementation="warppack")
-from warppack._calibration import calibrate  # noqa: E402
-from warppack._calibration_step import TrainStep, make_batch  # noqa: E402
-from warppack._memory import CudaMemory, allocator_config, is_oom_error  # noqa: E402
+from warppack.memory.calibrate import calibrate  # noqa: E402
+from warppack.memory.step import TrainStep, make_batch  # noqa: E402
+from warppack.memory.device import CudaMemory, allocator_config, is_oom_error  # noqa: E402
 from simulated_device import adversarial_batches  # noqa: E402  (the streams, shared with the CPU tests)
 
 VOCAB = 32000

@@ -39,7 +39,7 @@ import torch  # noqa: E402
 
 import bench_attention  # noqa: E402
 import warppack  # noqa: E402
-from warppack import _attention  # noqa: E402
+from warppack.attention import dispatch as _attention  # noqa: E402
 
 SHAPES = dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, head_dim=64)
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gpt_oss")

@@ -6,7 +6,7 @@ Memory use of a forward over a packed batch follows a known formula of its segme
 
 and the REAL ``torch.OutOfMemoryError`` is raised when it exceeds ``total_bytes`` -- in the forward
 (default) or part-way through the backward, after some gradients were already accumulated. It is a
-``warppack._memory.DeviceMemory``, so ``calibrate_token_budget(..., memory=device)`` runs the real
+``warppack.memory.device.DeviceMemory``, so ``calibrate_token_budget(..., memory=device)`` runs the real
 search code. ``ToyLM`` is a model cheap enough to run hundreds of probe steps.
 
 ``fragmentation=f`` models PyTorch's caching allocator: when a batch holds more tokens than the one
@@ -26,7 +26,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from warppack._memory import DeviceMemory
+from warppack.memory.device import DeviceMemory
 
 
 class SimulatedDevice(DeviceMemory):

@@ -1,4 +1,4 @@
-"""warppack._attention (the varlen dispatcher), _attention_exact (its exact paths), _attention_transformers."""
+"""warppack.attention.dispatch (the varlen dispatcher), _attention_exact (its exact paths), _attention_transformers."""
 
 import inspect
 import subprocess
@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import warppack
-from warppack import _attention as A
-from warppack import _attention_exact as E
+from warppack.attention import dispatch as A
+from warppack.attention import exact as E
 
 
 def reference(q, k, v, lengths, *, causal=True, window=None, softcap=None, sinks=None, scale=None):
@@ -65,7 +65,7 @@ def test_exact_paths_match_each_sequence_alone(features, path):
     q, k, v = qkv(sum(lengths))
     kw = dict(causal=features.get("causal", True), window=features.get("window"),
               softcap=features.get("softcap"), sinks=features.get("sinks"))
-    fn = E._exact_segments if path == "exact_segments" else E._exact_block_diagonal
+    fn = E.exact_segments if path == "exact_segments" else E.exact_block_diagonal
     cu = cu_of(lengths)
     got = fn(q, k, v, cu, cu, scale=8 ** -0.5, dropout=0.0, **kw)
     torch.testing.assert_close(got, reference(q, k, v, lengths, **kw), rtol=1e-5, atol=1e-6)
@@ -84,7 +84,7 @@ def test_empty_tail_segments_static_shape():
     lengths = [3, 5, 2]
     q, k, v = qkv(10)
     cu = torch.tensor([0, 3, 8, 10, 10, 10, 10], dtype=torch.int32)
-    for fn in (E._exact_segments, E._exact_block_diagonal):
+    for fn in (E.exact_segments, E.exact_block_diagonal):
         got = fn(q, k, v, cu, cu, causal=True, scale=8 ** -0.5, window=None, softcap=None, dropout=0.0, sinks=None)
         torch.testing.assert_close(got, reference(q, k, v, lengths), rtol=1e-5, atol=1e-6)
 
@@ -306,7 +306,7 @@ def test_forced_backend_raises_instead_of_approximating():
 
 # ---- transformers glue -----------------------------------------------------------------------------------
 transformers = pytest.importorskip("transformers")
-from warppack import _attention_transformers as HF  # noqa: E402
+from warppack.attention import hf as HF  # noqa: E402
 
 
 def test_mask_function_builds_no_mask_for_packed_rows_and_exact_masks_otherwise():

@@ -15,10 +15,10 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import warppack
-import warppack._calibration as calibration_module
-from warppack._calibration import next_budget, pessimistic_lengths, probe_schedule, search_budget
-from warppack._calibration_cache import calibration_key, key_digest
-from warppack._memory import DeviceMemory, TrainingSnapshot
+import warppack.memory.calibrate as calibration_module
+from warppack.memory.calibrate import next_budget, pessimistic_lengths, probe_schedule, search_budget
+from warppack.memory.cache import calibration_key, key_digest
+from warppack.memory.device import DeviceMemory, TrainingSnapshot
 
 sys.path.insert(0, str(Path(__file__).parent))
 from simulated_device import SimulatedDevice, ToyLM, adversarial_batches  # noqa: E402

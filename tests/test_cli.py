@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 
 import warppack
-from warppack import _cli, _stats
-from warppack._cli import (
+from warppack.cli import main as _cli
+from warppack.cli.stats import command as _stats
+from warppack.cli.main import main
+from warppack.cli.errors import (
     EXIT_BAD_COLUMN,
     EXIT_BAD_PATH,
     EXIT_FAILURE,
@@ -25,9 +27,8 @@ from warppack._cli import (
     EXIT_NO_DEVICE,
     EXIT_NOTHING_TO_PACK,
     EXIT_USAGE,
-    main,
 )
-from warppack._progress import Progress, progress, progress_enabled
+from warppack.progress import Progress, progress, progress_enabled
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -194,7 +195,7 @@ def test_stats_default_plot_goes_next_to_the_data(tmp_path, capsys):
 
 
 def test_stats_without_matplotlib(tmp_path, capsys, monkeypatch):
-    from warppack import _plots
+    from warppack.cli import plots as _plots
 
     def missing():
         raise _plots.MatplotlibMissing("matplotlib is not installed; pip install matplotlib")
@@ -210,7 +211,7 @@ def test_stats_without_matplotlib(tmp_path, capsys, monkeypatch):
 
 
 def test_stats_large_input_uses_a_sample_for_the_sweep(monkeypatch):
-    from warppack import _stats_budget
+    from warppack.cli.stats import budget as _stats_budget
 
     monkeypatch.setattr(_stats_budget, "SWEEP_SAMPLE", 100)
     lengths = np.random.default_rng(0).integers(1, 200, 1000)
@@ -364,14 +365,14 @@ def test_unexpected_errors_are_one_line(monkeypatch, data, capsys):
 # -- help, version, subprocess behaviour ------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", [[], ["stats"], ["calibrate"], ["demo"], ["bench"]])
+@pytest.mark.parametrize("command", [[], ["stats"], ["calibrate"], ["demo"]])
 def test_help_for_every_command(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([*command, "--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: warppack")
-    if command in (["stats"], ["calibrate"], ["bench"], ["demo"], []):
+    if command in (["stats"], ["calibrate"], ["demo"], []):
         assert "exit codes:" in out
 
 
@@ -381,7 +382,7 @@ def test_no_command_prints_help(capsys):
 
 
 def test_demo_is_wired_to_the_demo_module():
-    from warppack import _demo
+    from warppack.cli import demo as _demo
 
     args = _cli.build_parser().parse_args(["demo", "--steps", "3"])
     assert args.handler is _demo.run and args.steps == 3
@@ -459,7 +460,7 @@ def test_calibrate_calls_the_calibrator_by_name(tiny_model_dir, capsys, monkeypa
 
     import torch
 
-    from warppack import _cli_calibrate
+    from warppack.cli import calibrate as _cli_calibrate
 
     seen = {}
     real = getattr(warppack, "calibrate_token_budget", None)
@@ -499,7 +500,7 @@ def test_calibrate_calls_the_calibrator_by_name(tiny_model_dir, capsys, monkeypa
 def test_calibrate_errors_from_the_calibrator_are_one_line(tiny_model_dir, capsys, monkeypatch):
     import torch
 
-    from warppack import _cli_calibrate
+    from warppack.cli import calibrate as _cli_calibrate
 
     def fails(model, *, accelerator=None, optimizer=None, max_seq_len):
         raise ValueError("the model does not fit even one 128-token sequence: it needed 90 GiB")
@@ -513,69 +514,6 @@ def test_calibrate_errors_from_the_calibrator_are_one_line(tiny_model_dir, capsy
     assert "90 GiB" in err
     code, _, err = _run(capsys, ["calibrate", tiny_model_dir, "--headroom", "0.2"])  # fails() takes no headroom
     assert code == EXIT_USAGE and "--headroom is not supported" in err
-
-
-# -- bench ------------------------------------------------------------------------------------
-
-
-def _fake_benchmarks(folder: Path, plan_code: int = 0) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "bench_plan.py").write_text(f"import sys\nprint('PLAN', sys.argv[1:])\nsys.exit({plan_code})\n")
-    (folder / "bench_collate.py").write_text("import sys\nprint('COLLATE', sys.argv[1:])\n")
-    return folder
-
-
-def test_bench_finds_the_repository_scripts():
-    from warppack import _bench
-
-    folder = _bench.find_benchmarks()
-    assert folder == REPO / "benchmarks"
-
-
-def test_bench_runs_both_scripts_in_order(tmp_path, capfd):
-    folder = _fake_benchmarks(tmp_path / "benchmarks")
-    assert main(["bench", "--benchmarks-dir", str(folder), "--quick"]) == 0
-    out = capfd.readouterr().out
-    assert out.index("PLAN ['--quick']") < out.index("COLLATE ['--quick']")
-    assert main(["bench", "--benchmarks-dir", str(folder), "--only", "collate"]) == 0
-    out = capfd.readouterr().out
-    assert "COLLATE []" in out and "PLAN" not in out
-
-
-def test_bench_list(capsys):
-    assert main(["bench", "--list"]) == 0
-    out = capsys.readouterr().out.split()
-    assert out == [str(REPO / "benchmarks" / "bench_plan.py"), str(REPO / "benchmarks" / "bench_collate.py")]
-
-
-def test_bench_failure_is_reported(tmp_path, capfd):
-    folder = _fake_benchmarks(tmp_path / "benchmarks", plan_code=3)
-    assert main(["bench", "--benchmarks-dir", str(folder)]) == EXIT_FAILURE
-    err = capfd.readouterr().err
-    _assert_one_line_error(err, "bench")
-    assert "bench_plan.py exited with code 3" in err
-
-
-def test_bench_without_benchmarks(tmp_path, capsys, monkeypatch):
-    code, _, err = _run(capsys, ["bench", "--benchmarks-dir", tmp_path / "nowhere"])
-    assert code == EXIT_BAD_PATH
-    _assert_one_line_error(err, "bench")
-    # an installed (non-editable) package: nothing next to it
-    fake_package = tmp_path / "site-packages" / "warppack"
-    fake_package.mkdir(parents=True)
-    monkeypatch.setattr(warppack, "__file__", str(fake_package / "__init__.py"))
-    monkeypatch.delenv("WARPPACK_BENCHMARKS", raising=False)
-    code, _, err = _run(capsys, ["bench"])
-    assert code == EXIT_BAD_PATH
-    _assert_one_line_error(err, "bench")
-    assert "pip install -e ." in err and "--benchmarks-dir" in err
-
-
-def test_bench_environment_variable(tmp_path, capfd, monkeypatch):
-    folder = _fake_benchmarks(tmp_path / "b")
-    monkeypatch.setenv("WARPPACK_BENCHMARKS", str(folder))
-    assert main(["bench", "--only", "plan"]) == 0
-    assert "PLAN []" in capfd.readouterr().out
 
 
 # -- progress ---------------------------------------------------------------------------------

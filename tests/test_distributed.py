@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import warppack
-from warppack._distributed import resolve_replicas
+from warppack.distributed import resolve_replicas
 
 TESTS = Path(__file__).resolve().parent
 SCRIPTS = TESTS / "dist_scripts"

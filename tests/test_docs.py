@@ -115,7 +115,8 @@ def test_every_markdown_page_is_in_the_nav():
 
 
 def test_cli_page_documents_every_command_and_exit_code():
-    from warppack._cli import EXIT_CODES, build_parser
+    from warppack.cli.errors import EXIT_CODES
+    from warppack.cli.main import build_parser
 
     text = (DOCS / "cli.md").read_text()
     commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]

@@ -57,7 +57,7 @@ def simulate(make, world, workers):
         streams = []
         for w in range(workers):
             info = types.SimpleNamespace(id=w, num_workers=workers)
-            with mock.patch("warppack._iterable_shards.get_worker_info", return_value=info):
+            with mock.patch("warppack.loaders.stream.shards.get_worker_info", return_value=info):
                 streams.append(list(iter(ds)))
         per_rank.append(interleave(streams))
     return per_rank
@@ -192,7 +192,7 @@ def test_bad_examples_and_lengths_are_named():
         len(PackedIterableDataset(span_examples([3]), 8, lengths=[3]))
     ds = PackedIterableDataset(span_examples([3, 4, 5]), 8, num_workers=2)
     one_worker = types.SimpleNamespace(id=0, num_workers=1)  # as inside a DataLoader(num_workers=1) worker
-    with mock.patch("warppack._iterable_shards.get_worker_info", return_value=one_worker):
+    with mock.patch("warppack.loaders.stream.shards.get_worker_info", return_value=one_worker):
         with pytest.raises(ValueError, match=r"num_workers=2\) but the DataLoader runs 1 worker"):
             iter(ds)
 

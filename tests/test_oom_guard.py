@@ -14,8 +14,8 @@ import torch
 from hypothesis import given, strategies as st
 
 import warppack
-from warppack._memory import is_oom_error
-from warppack._oom import split_points
+from warppack.memory.device import is_oom_error
+from warppack.memory.oom_guard import split_points
 
 sys.path.insert(0, str(Path(__file__).parent))
 from simulated_device import SimulatedDevice, ToyLM  # noqa: E402

@@ -10,63 +10,59 @@ another.
 3
 """
 
-from warppack._attention import attention_backend, set_attention_backend, varlen_attention
-from warppack._attention_transformers import _register_on_import, register_attention
-from warppack._batch import PackedBatch, unpack
-from warppack._calibration import calibrate_token_budget
-from warppack._oom import OOMGuard
-from warppack._check import ContaminationError, check_model
-from warppack._evaluation import SequenceScore, evaluate_packed, loglikelihood, loglikelihood_example
-from warppack._evaluation import pool_sequences, score_sequences
-from warppack._loss import causal_lm_loss, sequence_losses, sequence_weighted_loss
-from warppack._collator import PackedCollator
-from warppack._distributed import equal_steps, global_num_label_tokens
-from warppack._iterable import PackedIterableDataset
-from warppack._sampler import PackedBatchSampler
-from warppack._lengths import lengths_of
-from warppack._planning import Plan, plan
 from warppack._version import __version__
+from warppack.attention.dispatch import attention_backend, set_attention_backend, varlen_attention
+from warppack.attention.hf import register_attention
+from warppack.batch.collator import PackedCollator
+from warppack.batch.packed import PackedBatch, unpack
+from warppack.distributed import equal_steps, global_num_label_tokens
+from warppack.engine.lengths import lengths_of
+from warppack.engine.plan import Plan, plan
+from warppack.hf_trainer.lazy import __getattr__  # noqa: F401  (WarpPackCallback, pack_trainer: PEP 562)
+from warppack.loaders.sampler.sampler import PackedBatchSampler
+from warppack.loaders.stream.dataset import PackedIterableDataset
+from warppack.memory.calibrate import calibrate_token_budget
+from warppack.memory.oom_guard import OOMGuard
+from warppack.model.check import ContaminationError, check_model
+from warppack.model.evaluation import (
+    SequenceScore,
+    evaluate_packed,
+    loglikelihood,
+    loglikelihood_example,
+    pool_sequences,
+    score_sequences,
+)
+from warppack.model.loss import causal_lm_loss, sequence_losses, sequence_weighted_loss
 
 __all__ = [
-    "attention_backend",
-    "register_attention",
-    "set_attention_backend",
-    "varlen_attention",
     "ContaminationError",
-    "check_model",
+    "OOMGuard",
+    "PackedBatch",
+    "PackedBatchSampler",
+    "PackedCollator",
+    "PackedIterableDataset",
+    "Plan",
     "SequenceScore",
+    "WarpPackCallback",
+    "__version__",
+    "attention_backend",
+    "calibrate_token_budget",
+    "causal_lm_loss",
+    "check_model",
+    "equal_steps",
     "evaluate_packed",
+    "global_num_label_tokens",
+    "lengths_of",
     "loglikelihood",
     "loglikelihood_example",
+    "pack_trainer",
+    "plan",
     "pool_sequences",
+    "register_attention",
     "score_sequences",
-    "causal_lm_loss",
     "sequence_losses",
     "sequence_weighted_loss",
-    "Plan",
-    "PackedBatch",
-    "PackedCollator",
-    "PackedBatchSampler",
-    "PackedIterableDataset",
-    "equal_steps",
-    "global_num_label_tokens",
-    "calibrate_token_budget",
-    "OOMGuard",
-    "WarpPackCallback",
-    "pack_trainer",
-    "__version__",
-    "lengths_of",
-    "plan",
+    "set_attention_backend",
     "unpack",
+    "varlen_attention",
 ]
-
-
-def __getattr__(name):  # the Trainer integration imports transformers: only when it is asked for
-    if name in ("WarpPackCallback", "pack_trainer"):
-        from warppack import _callback
-
-        return getattr(_callback, name)
-    raise AttributeError(f"module 'warppack' has no attribute {name!r}")
-
-
-_register_on_import()  # attn_implementation="warppack" once transformers is imported (no import here)

@@ -2,6 +2,6 @@
 
 import sys
 
-from warppack._cli import main
+from warppack.cli.main import main
 
 sys.exit(main())

@@ -119,7 +119,7 @@ def write_layout_into(
 ) -> None:
     """``write_layout`` into one writable, 8-byte aligned, C-contiguous uint8 buffer of at least
     ``28 * total_tokens + 4 * num_cu`` bytes: input_ids, labels, position_ids (int64), seq_idx,
-    cu_seqlens (int32), back to back (``warppack._batch.BufferLayout``). One buffer to hand over
+    cu_seqlens (int32), back to back (``warppack.batch.packed.BufferLayout``). One buffer to hand over
     instead of five views: this runs once per batch.
     """
 

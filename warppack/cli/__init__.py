@@ -1,0 +1,1 @@
+"""The ``warppack`` console script: its commands, error type and exit codes."""

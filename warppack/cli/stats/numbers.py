@@ -1,0 +1,236 @@
+"""The numbers of ``warppack stats``: every strategy's plan of the lengths against padded baselines.
+
+For every strategy (bfd, ffd, online): the number of batches, how close that is to the lower
+bound, the packing efficiency, the padding avoided against padding every example to the longest
+one and against dynamic padding (random batches padded to their longest), and the speed-up limit
+those imply (padded token slots / packed token slots).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from warppack.cli.errors import EXIT_BAD_COLUMN, EXIT_NOTHING_TO_PACK, EXIT_USAGE, CliError
+from warppack.progress import Progress
+from warppack.cli.stats.budget import SWEEP_FACTORS, recommend_budget
+from warppack.engine.plan import plan
+
+__all__ = ["STRATEGIES", "StrategyStats", "Stats", "compute_stats", "dynamic_padding_slots"]
+
+STRATEGIES = ("bfd", "ffd", "online")
+@dataclass
+class StrategyStats:
+    strategy: str
+    bins: int
+    lower_bound: int
+    efficiency: float
+    padding_fraction: float
+    padding_tokens: int
+    avoided_vs_pad_to_max: Optional[float]  # fraction of that baseline's padding removed; None if it has none
+    avoided_vs_dynamic: Optional[float]
+    speedup_limit_vs_pad_to_max: float  # baseline token slots / packed token slots
+    speedup_limit_vs_dynamic: float
+    seconds: float
+    bin_fill: np.ndarray = field(repr=False)  # real tokens / budget, one per bin
+
+
+@dataclass
+class Stats:
+    examples: int
+    empty: int
+    tokens: int
+    max_tokens: int
+    overlong: str
+    longer_than_budget: int
+    tokens_cut: int  # tokens dropped by overlong="truncate"
+    pieces: int  # sequences after overlong="split"
+    longest: int
+    pad_to_max_length: int
+    pad_to_max_slots: int
+    dynamic_batch_size: int
+    dynamic_batch_size_assumed: bool
+    dynamic_slots: int
+    strategies: List[StrategyStats]
+    recommended: Optional[Dict[str, Any]] = None
+
+    @property
+    def pad_to_max_padding(self) -> float:
+        return 1 - self.tokens / self.pad_to_max_slots if self.pad_to_max_slots else 0.0
+
+    @property
+    def dynamic_padding(self) -> float:
+        return 1 - self.tokens / self.dynamic_slots if self.dynamic_slots else 0.0
+
+    def to_json(self) -> Dict[str, Any]:
+        return {
+            "examples": self.examples,
+            "empty_examples_ignored": self.empty,
+            "tokens": self.tokens,
+            "max_tokens": self.max_tokens,
+            "overlong": self.overlong,
+            "longer_than_budget": self.longer_than_budget,
+            "tokens_cut": self.tokens_cut,
+            "sequences": self.pieces,
+            "longest": self.longest,
+            "pad_to_max": {
+                "length": self.pad_to_max_length,
+                "slots": self.pad_to_max_slots,
+                "padding_fraction": self.pad_to_max_padding,
+            },
+            "dynamic_padding": {
+                "batch_size": self.dynamic_batch_size,
+                "batch_size_assumed": self.dynamic_batch_size_assumed,
+                "slots": self.dynamic_slots,
+                "padding_fraction": self.dynamic_padding,
+            },
+            "strategies": {
+                s.strategy: {
+                    "bins": s.bins,
+                    "lower_bound": s.lower_bound,
+                    "efficiency": s.efficiency,
+                    "padding_fraction": s.padding_fraction,
+                    "padding_tokens": s.padding_tokens,
+                    "padding_avoided_vs_pad_to_max": s.avoided_vs_pad_to_max,
+                    "padding_avoided_vs_dynamic": s.avoided_vs_dynamic,
+                    "speedup_limit_vs_pad_to_max": s.speedup_limit_vs_pad_to_max,
+                    "speedup_limit_vs_dynamic": s.speedup_limit_vs_dynamic,
+                    "seconds": s.seconds,
+                }
+                for s in self.strategies
+            },
+            "recommended": self.recommended,
+        }
+
+
+def dynamic_padding_slots(lengths: np.ndarray, batch_size: int, *, seed: int = 0) -> int:
+    """Token slots of random batches of ``batch_size`` each padded to its longest (DataLoader shuffle)."""
+    n = len(lengths)
+    if n == 0:
+        return 0
+    shuffled = np.asarray(lengths, dtype=np.int64)[np.random.default_rng(seed).permutation(n)]
+    full = n - n % batch_size
+    slots = int(shuffled[:full].reshape(-1, batch_size).max(axis=1).sum()) * batch_size
+    if full < n:
+        slots += int(shuffled[full:].max()) * (n - full)
+    return slots
+
+
+def _avoided(baseline_slots: int, packed_slots: int, tokens: int) -> Optional[float]:
+    baseline_padding = baseline_slots - tokens
+    if baseline_padding <= 0:
+        return None
+    return 1 - (packed_slots - tokens) / baseline_padding
+
+
+def _pieces(lengths: np.ndarray, max_tokens: int, overlong: str) -> np.ndarray:
+    """Sequence lengths after the overlong policy: the sequences every batching scheme must hold."""
+    if overlong == "truncate":
+        return np.minimum(lengths, max_tokens)
+    if overlong == "split":
+        over = lengths > max_tokens
+        if not over.any():
+            return lengths
+        full, rest = np.divmod(lengths[over], max_tokens)
+        chunks = [lengths[~over], np.full(int(full.sum()), max_tokens, dtype=np.int64), rest[rest > 0]]
+        return np.concatenate(chunks)
+    return lengths
+
+
+def compute_stats(
+    lengths: np.ndarray,
+    max_tokens: int,
+    *,
+    overlong: str = "truncate",
+    batch_size: Optional[int] = None,
+    max_length: Optional[int] = None,
+    buffer_size: int = 1024,
+    strategies: Tuple[str, ...] = STRATEGIES,
+    recommend: bool = True,
+    target_efficiency: float = 0.99,
+    seed: int = 0,
+) -> Stats:
+    """Plan ``lengths`` with every strategy and compare with padding (see the module docstring)."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if (lengths < 0).any():
+        index = int(np.argmax(lengths < 0))
+        raise CliError(f"example {index} has a negative length ({int(lengths[index])})", EXIT_BAD_COLUMN)
+    empty = int((lengths == 0).sum())
+    nonempty = lengths[lengths > 0] if empty else lengths
+    if len(nonempty) == 0:
+        what = "there are no examples" if len(lengths) == 0 else f"all {len(lengths):,} examples are empty"
+        raise CliError(f"nothing to pack: {what}", EXIT_NOTHING_TO_PACK)
+    longer = int((nonempty > max_tokens).sum())
+    if longer and overlong == "error":
+        index = int(np.argmax(lengths > max_tokens))
+        raise CliError(
+            f"{longer:,} examples are longer than --max-tokens {max_tokens:,} (the first is example "
+            f"{index}, {int(lengths[index]):,} tokens); raise --max-tokens or pass --overlong truncate/split",
+            EXIT_USAGE,
+        )
+    pieces = _pieces(nonempty, max_tokens, overlong)
+    tokens = int(pieces.sum())
+    tokens_cut = int(nonempty.sum()) - tokens
+    longest_piece = int(pieces.max())
+    pad_length = max(longest_piece, int(max_length or 0))
+    pad_slots = len(pieces) * pad_length
+    assumed = batch_size is None
+    batch = 8 if batch_size is None else int(batch_size)
+    dyn_slots = dynamic_padding_slots(pieces, batch, seed=seed)
+
+    steps = len(strategies) + (len(SWEEP_FACTORS) + 1 if recommend else 0)
+    results = []
+    recommended = None
+    with Progress(steps, desc=f"planning {len(nonempty):,} lengths", unit="plan") as bar:
+        for strategy in strategies:
+            bar.set_description(f"planning {len(nonempty):,} lengths ({strategy})")
+            start = time.perf_counter()
+            p = plan(
+                nonempty, max_tokens, strategy=strategy, overlong=overlong, buffer_size=buffer_size
+            )
+            seconds = time.perf_counter() - start
+            bar.update()
+            slots = p.num_bins * max_tokens
+            fill = p.bin_tokens() / max_tokens
+            results.append(
+                StrategyStats(
+                    strategy=strategy,
+                    bins=p.num_bins,
+                    lower_bound=p.lower_bound,
+                    efficiency=p.efficiency,
+                    padding_fraction=1 - p.efficiency,
+                    padding_tokens=slots - tokens,
+                    avoided_vs_pad_to_max=_avoided(pad_slots, slots, tokens),
+                    avoided_vs_dynamic=_avoided(dyn_slots, slots, tokens),
+                    speedup_limit_vs_pad_to_max=pad_slots / slots,
+                    speedup_limit_vs_dynamic=dyn_slots / slots,
+                    seconds=seconds,
+                    bin_fill=fill,
+                )
+            )
+        if recommend:
+            bar.set_description("sweeping budgets (bfd)")
+            recommended = recommend_budget(
+                nonempty, target_efficiency=target_efficiency, given=max_tokens, seed=seed, bar=bar
+            )
+    return Stats(
+        examples=len(lengths),
+        empty=empty,
+        tokens=tokens,
+        max_tokens=max_tokens,
+        overlong=overlong,
+        longer_than_budget=longer,
+        tokens_cut=tokens_cut,
+        pieces=len(pieces),
+        longest=int(nonempty.max()),
+        pad_to_max_length=pad_length,
+        pad_to_max_slots=pad_slots,
+        dynamic_batch_size=batch,
+        dynamic_batch_size_assumed=assumed,
+        dynamic_slots=dyn_slots,
+        strategies=results,
+        recommended=recommended,
+    )

@@ -1,0 +1,1 @@
+"""The Hugging Face Trainer integration: WarpPackCallback and pack_trainer."""

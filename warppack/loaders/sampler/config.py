@@ -1,0 +1,113 @@
+"""The options of a PackedBatchSampler: validated once, frozen, and the fields a saved state must match."""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from warppack.distributed import resolve_replicas
+from warppack.loaders.state import lengths_fingerprint
+from warppack.engine.plan import OVERLONG_POLICIES, STRATEGIES, as_lengths_array, check_max_tokens
+
+__all__ = ["SamplerConfig", "STATE_FORMAT", "CHECKED"]
+
+STATE_FORMAT = "warppack.PackedBatchSampler/1"
+#: Saved fields that must match for a state to be loaded: another value means another plan.
+CHECKED = ("num_examples", "lengths_fingerprint", "max_tokens", "seed", "shuffle", "strategy",
+           "max_seqs_per_bin", "overlong", "drop_last")
+
+
+# eq=False: ``lengths`` is an array (elementwise ==), and two configs are never compared whole.
+@dataclass(frozen=True, eq=False)
+class SamplerConfig:
+    """Everything fixed at construction; the plan, ``len()`` and saved states depend on all of it."""
+
+    lengths: np.ndarray
+    max_tokens: int
+    shuffle: bool
+    seed: int
+    drop_last: bool
+    strategy: str
+    num_replicas: int
+    rank: int
+    max_seqs_per_bin: Optional[int]
+    overlong: str
+    interleaved: bool
+
+    @classmethod
+    def build(
+        cls,
+        lengths: Any,
+        max_tokens: int,
+        *,
+        shuffle: bool,
+        seed: int,
+        drop_last: bool,
+        strategy: str,
+        num_replicas: Optional[int],
+        rank: Optional[int],
+        max_seqs_per_bin: Optional[int],
+        overlong: str,
+        interleaved: bool,
+    ) -> "SamplerConfig":
+        """Validate the constructor arguments of PackedBatchSampler; errors name the setting to change."""
+        budget = check_max_tokens(max_tokens)
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy={strategy!r} is not one of {sorted(STRATEGIES)}; the default is 'bfd'")
+        if overlong == "split":
+            raise ValueError(
+                "overlong='split' cannot be expressed by a batch sampler: it yields dataset indices, and a "
+                "split example would need token ranges. Use overlong='truncate' (with PackedCollator("
+                "max_tokens, overlong='truncate')), filter long examples, or stream with "
+                "warppack.PackedIterableDataset(..., overlong='split')"
+            )
+        if overlong not in OVERLONG_POLICIES:
+            raise ValueError(f"overlong={overlong!r} is not one of ['error', 'truncate']; the default is 'error'")
+        if max_seqs_per_bin is not None:
+            max_seqs_per_bin = check_max_tokens(max_seqs_per_bin, name="max_seqs_per_bin")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise TypeError(f"seed must be an int, got {seed!r}")
+        array = as_lengths_array(lengths)
+        if len(array):
+            low = int(np.argmin(array))
+            if array[low] <= 0:
+                raise ValueError(
+                    f"lengths[{low}] = {int(array[low])}: every example needs at least one token; filter "
+                    f"empty examples out of the dataset (and their lengths) first"
+                )
+            high = int(np.argmax(array))
+            if overlong == "error" and array[high] > budget:
+                raise ValueError(
+                    f"example {high} has {int(array[high])} tokens, more than max_tokens={budget}; raise "
+                    f"max_tokens, filter long examples, pass overlong='truncate', or stream with "
+                    f"PackedIterableDataset(..., overlong='split')"
+                )
+        world, rank_ = resolve_replicas(num_replicas, rank, owner="PackedBatchSampler")
+        return cls(
+            lengths=array, max_tokens=budget, shuffle=bool(shuffle), seed=int(seed), drop_last=bool(drop_last),
+            strategy=strategy, num_replicas=world, rank=rank_, max_seqs_per_bin=max_seqs_per_bin,
+            overlong=overlong, interleaved=bool(interleaved),
+        )
+
+    @cached_property
+    def lengths_fingerprint(self) -> str:
+        # Lazy: hashing 10M lengths costs ~0.1 s, needed only when a state is saved or loaded.
+        return lengths_fingerprint(self.lengths)
+
+    def saved_options(self) -> Dict[str, Any]:
+        """The ``CHECKED`` fields, as a state records them."""
+        return {
+            "num_examples": int(len(self.lengths)),
+            "lengths_fingerprint": self.lengths_fingerprint,
+            "max_tokens": self.max_tokens,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "strategy": self.strategy,
+            "max_seqs_per_bin": self.max_seqs_per_bin,
+            "overlong": self.overlong,
+            "drop_last": self.drop_last,
+        }

@@ -1,0 +1,129 @@
+"""The options of a PackedIterableDataset: validated once, frozen, and the fields a saved state must match."""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+
+from warppack.distributed import resolve_replicas
+from warppack.loaders.stream.shards import indexed
+from warppack.loaders.state import lengths_fingerprint
+from warppack.engine.plan import OVERLONG_POLICIES, as_lengths_array, check_max_tokens
+
+__all__ = ["IterableConfig", "STATE_FORMAT", "CHECKED"]
+
+STATE_FORMAT = "warppack.PackedIterableDataset/1"
+#: Saved fields that must match for a state to be loaded: another value means another stream of batches.
+CHECKED = ("max_tokens", "buffer_size", "seed", "shuffle", "max_seqs_per_bin", "overlong", "num_examples",
+           "lengths_fingerprint")
+
+
+# eq=False: ``lengths`` is an array (elementwise ==), and two configs are never compared whole.
+@dataclass(frozen=True, eq=False)
+class IterableConfig:
+    """Everything fixed at construction; the split, ``len()`` and saved states depend on all of it."""
+
+    source: Any
+    max_tokens: int
+    buffer_size: int
+    collator: Callable[[List[Any]], Any]
+    lengths: Optional[np.ndarray]
+    shuffle: bool
+    seed: int
+    max_seqs_per_bin: Optional[int]
+    overlong: str
+    num_replicas: int
+    rank: int
+    num_workers: Optional[int]
+    indexed: bool  # the source is read by position (resume is O(1), shuffle works), else streamed
+
+    @classmethod
+    def build(
+        cls,
+        source: Any,
+        max_tokens: int,
+        *,
+        buffer_size: int,
+        collator: Optional[Callable[[List[Any]], Any]],
+        lengths: Any,
+        shuffle: bool,
+        seed: int,
+        max_seqs_per_bin: Optional[int],
+        overlong: str,
+        num_replicas: Optional[int],
+        rank: Optional[int],
+        num_workers: Optional[int],
+    ) -> "IterableConfig":
+        """Validate the constructor arguments of PackedIterableDataset; errors name the setting to change."""
+        budget = check_max_tokens(max_tokens)
+        buffer_size = check_max_tokens(buffer_size, name="buffer_size")
+        if max_seqs_per_bin is not None:
+            max_seqs_per_bin = check_max_tokens(max_seqs_per_bin, name="max_seqs_per_bin")
+        if overlong not in OVERLONG_POLICIES:
+            raise ValueError(f"overlong={overlong!r} is not one of {sorted(OVERLONG_POLICIES)}; the default is 'error'")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise TypeError(f"seed must be an int, got {seed!r}")
+        if isinstance(source, (str, bytes)):
+            raise TypeError("source must be a collection or stream of examples, got a string")
+        is_indexed = indexed(source)
+        if not is_indexed:
+            if hasattr(source, "__iter__"):
+                if iter(source) is source:
+                    raise TypeError(
+                        f"source is a one-shot iterator ({type(source).__name__}): it cannot be read again "
+                        f"for the next epoch, by DataLoader workers or on resume. Pass the collection, a "
+                        f"re-iterable dataset, or a zero-argument function returning a fresh iterator "
+                        f"(e.g. source=lambda: my_generator())"
+                    )
+            elif not callable(source):
+                raise TypeError(
+                    f"source must be a list/dataset of examples, an iterable, or a function returning an "
+                    f"iterator; got {type(source).__name__}"
+                )
+        if shuffle and not is_indexed:
+            raise ValueError(
+                "shuffle=True needs a source that can be read by index (a list or map-style dataset); "
+                "shuffle the stream at its source instead (e.g. HF IterableDataset.shuffle(buffer_size=...))"
+            )
+        if collator is None:
+            collator = _default_collator(budget)
+        array = None if lengths is None else as_lengths_array(lengths)
+        if array is not None and is_indexed and len(array) != len(source):
+            raise ValueError(
+                f"lengths has {len(array)} entries but the source holds {len(source)} examples; pass "
+                f"one token count per example (warppack.lengths_of(source))"
+            )
+        world, rank_ = resolve_replicas(num_replicas, rank, owner="PackedIterableDataset")
+        if num_workers is not None and (
+            isinstance(num_workers, bool) or not isinstance(num_workers, numbers.Integral) or num_workers < 0
+        ):
+            raise ValueError(f"num_workers must be an int >= 0 (the DataLoader's), got {num_workers!r}")
+        return cls(
+            source=source, max_tokens=budget, buffer_size=buffer_size, collator=collator, lengths=array,
+            shuffle=bool(shuffle), seed=int(seed), max_seqs_per_bin=max_seqs_per_bin, overlong=overlong,
+            num_replicas=world, rank=rank_, num_workers=num_workers, indexed=is_indexed,
+        )
+
+    @cached_property
+    def lengths_fingerprint(self) -> Optional[str]:
+        # Lazy: hashing 10M lengths costs ~0.1 s, needed only when a state is saved or loaded.
+        return None if self.lengths is None else lengths_fingerprint(self.lengths)
+
+    def saved_options(self) -> Dict[str, Any]:
+        """The ``CHECKED`` fields, as a state records them."""
+        return {
+            "max_tokens": self.max_tokens, "buffer_size": self.buffer_size, "seed": self.seed,
+            "shuffle": self.shuffle, "max_seqs_per_bin": self.max_seqs_per_bin, "overlong": self.overlong,
+            "num_examples": len(self.source) if self.indexed else None,
+            "lengths_fingerprint": self.lengths_fingerprint,
+        }
+
+
+def _default_collator(max_tokens: int) -> Callable[[List[Any]], Any]:
+    from warppack.batch.collator import PackedCollator
+
+    return PackedCollator(max_tokens)

@@ -1,0 +1,254 @@
+"""One (rank, worker) stream of a PackedIterableDataset: its examples read, packed online and collated.
+
+All progress lives in attributes, so ``state()`` can save it, packing window included, and a new
+stream restores it exactly.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+from itertools import islice
+from typing import Any, Callable, Deque, Dict, Iterator, List, NamedTuple, Optional, Tuple
+
+import numpy as np
+
+from warppack import _packer
+from warppack.loaders.state import Generation
+
+__all__ = ["POSITION_KEYS", "Stream", "StreamBudget", "check_same_split", "fresh_position"]
+
+#: The keys of a saved stream position (the rest of a state are the checked options).
+POSITION_KEYS = ("epoch", "num_replicas", "rank", "num_workers", "worker", "cursor", "next_key", "pending",
+                 "ready", "flushed", "yielded", "empties_done")
+_END = object()
+
+
+class StreamBudget(NamedTuple):
+    """What one packed batch of a stream may hold, and what happens to a longer example."""
+
+    max_tokens: int
+    max_seqs_per_bin: int  # 0: unlimited
+    buffer_size: int
+    overlong: str
+
+
+def fresh_position(epoch: int, num_replicas: int, rank: int) -> Dict[str, Any]:
+    """The position of a stream that has not started: nothing read, nothing pending."""
+    return {"epoch": epoch, "num_replicas": num_replicas, "rank": rank, "num_workers": None, "worker": None,
+            "cursor": 0, "next_key": 0, "pending": [], "ready": [], "flushed": False, "yielded": 0,
+            "empties_done": 0}
+
+
+def check_same_split(position: Dict[str, Any], world: int, rank: int, workers: int, worker: int) -> None:
+    """A stream position saved mid-epoch resumes only the same (rank, worker) shard of the same split."""
+    saved = (position["num_replicas"], position["rank"], position["num_workers"], position["worker"])
+    if saved != (world, rank, workers, worker):
+        raise ValueError(
+            f"this state was saved mid-epoch by rank {saved[1]} of {saved[0]}, worker {saved[3]} of "
+            f"{saved[2]}, but is loaded into rank {rank} of {world}, worker {worker} of {workers}; a "
+            f"stream's position cannot be re-dealt to another split. Resume with the same world size "
+            f"and num_workers (torchdata's StatefulDataLoader restores each worker's own state), or "
+            f"resume at an epoch boundary"
+        )
+
+
+def _pieces(n: int, max_tokens: int, overlong: str, position: int) -> List[Tuple[int, int]]:
+    if n <= max_tokens:
+        return [(0, n)]
+    if overlong == "truncate":
+        return [(0, max_tokens)]
+    if overlong == "split":
+        return [(start, min(max_tokens, n - start)) for start in range(0, n, max_tokens)]
+    raise ValueError(
+        f"example at position {position} of the source has {n} tokens, more than max_tokens={max_tokens}; "
+        f"raise max_tokens, filter long examples, or pass overlong='truncate' or overlong='split'"
+    )
+
+
+class Stream(Iterator[Any]):
+    """The examples of one (rank, worker) shard, packed online; all progress lives in attributes."""
+
+    def __init__(self, source: Any, *, lengths: Optional[np.ndarray], order: Optional[np.ndarray], indexed: bool,
+                 budget: "StreamBudget", collate: Callable[[List[Any]], Any], epoch: int, generation: Generation,
+                 placement: Tuple[int, int, int, int], empties_target: int, resume: Optional[Dict[str, Any]],
+                 on_step: Callable[["Stream", bool], None]) -> None:
+        self.source, self.lengths, self.order, self.indexed = source, lengths, order, indexed
+        self.budget, self.collate = budget, collate
+        self.generation = generation.number
+        self._owner_generation = generation
+        self._on_step = on_step
+        self.epoch = epoch
+        world, rank, workers, worker = placement
+        self.world, self.rank, self.workers, self.worker = world, rank, workers, worker
+        self.stride = world * workers
+        self.offset = rank + world * worker
+        self.packer = _packer.OnlinePacker(budget.max_tokens, budget.max_seqs_per_bin, budget.buffer_size)
+        self.pieces: Dict[int, Tuple[int, int, int]] = {}  # key -> (position, start, size)
+        self.cache: Dict[int, Any] = {}  # position -> example, while a piece of it waits
+        self.refs: Dict[int, int] = {}  # position -> its pieces not yet handed out
+        self.ready: Deque[np.ndarray] = deque()  # closed bins (arrays of keys) not yet handed out
+        self.cursor = 0  # examples of this shard pushed so far
+        self.next_key = 0
+        self.flushed = False
+        self.yielded = 0
+        self.empties_done = 0
+        self.finished = False
+        self.started = False
+        self.iterator: Optional[Iterator[Any]] = None  # a streamed source, opened at the first read
+        self.empties_target = empties_target
+        if resume is not None:
+            self._restore(resume)
+
+    # -- reading -----------------------------------------------------------------------------
+    def _position(self, k: int) -> int:
+        return self.offset + k * self.stride
+
+    def _fetch_indexed(self, position: int) -> Any:
+        index = int(self.order[position]) if self.order is not None else position
+        return self.source[index]
+
+    def _open_stream(self, first_k: int) -> Iterator[Any]:
+        source = self.source
+        base = source() if callable(source) and not hasattr(source, "__iter__") else source
+        return islice(iter(base), self._position(first_k), None, self.stride)
+
+    def _num_owned(self) -> int:
+        n = len(self.source)
+        return max(0, -(-(n - self.offset) // self.stride))
+
+    def _read(self) -> Any:
+        """The next example of this shard, or _END."""
+        if self.indexed:
+            if self.cursor >= self._num_owned():
+                return _END
+            return self._fetch_indexed(self._position(self.cursor))
+        if self.iterator is None:
+            self.iterator = self._open_stream(self.cursor)
+        return next(self.iterator, _END)
+
+    def _length(self, example: Any, position: int) -> int:
+        try:
+            n = len(example["input_ids"])
+        except (TypeError, KeyError, IndexError):
+            got = sorted(example)[:6] if isinstance(example, Mapping) else type(example).__name__
+            raise TypeError(
+                f"example at position {position} of the source: expected a mapping with 'input_ids' (and "
+                f"optional 'labels'), got {got}"
+            ) from None
+        if n == 0:
+            raise ValueError(
+                f"example at position {position} of the source has no tokens; filter empty examples out "
+                f"of the source"
+            )
+        lengths = self.lengths
+        if lengths is not None:
+            index = int(self.order[position]) if self.order is not None else position
+            if index >= len(lengths) or lengths[index] != n:
+                want = "missing" if index >= len(lengths) else int(lengths[index])
+                raise ValueError(
+                    f"example at position {position} of the source has {n} tokens but lengths[{index}] is "
+                    f"{want}; lengths= must list the token count of every example in source order"
+                )
+        return n
+
+    def _advance(self) -> bool:
+        example = self._read()
+        if example is _END:
+            return False
+        position = self._position(self.cursor)
+        n = self._length(example, position)
+        for start, size in _pieces(n, self.budget.max_tokens, self.budget.overlong, position):
+            key = self.next_key
+            self.next_key += 1
+            self.pieces[key] = (position, start, size)
+            self.refs[position] = self.refs.get(position, 0) + 1
+            self.ready.extend(self.packer.push(key, size))
+        if self.refs.get(position):
+            self.cache[position] = example
+        self.cursor += 1
+        return True
+
+    def _take(self, key: int) -> Any:
+        position, start, size = self.pieces.pop(key)
+        example = self.cache[position]
+        self.refs[position] -= 1
+        if not self.refs[position]:
+            del self.refs[position], self.cache[position]
+        ids = example["input_ids"]
+        if start == 0 and size == len(ids):
+            return example
+        piece = {"input_ids": ids[start:start + size]}
+        if example.get("labels") is not None:
+            piece["labels"] = example["labels"][start:start + size]
+        return piece
+
+    # -- iteration ---------------------------------------------------------------------------
+    def __iter__(self) -> "Stream":
+        return self
+
+    def __next__(self) -> Any:
+        self._owner_generation.check(self.generation, epoch=self.epoch)
+        first, self.started = not self.started, True
+        self._on_step(self, first)
+        while not self.ready:
+            if self.flushed:
+                if self.empties_done < self.empties_target:
+                    self.empties_done += 1
+                    self.yielded += 1
+                    return self.collate([])
+                self.finished = True
+                raise StopIteration
+            if not self._advance():
+                self.ready.extend(self.packer.flush())
+                self.flushed = True
+        keys = self.ready.popleft()
+        examples = [self._take(int(key)) for key in keys]
+        self.yielded += 1
+        return self.collate(examples)
+
+    # -- state -------------------------------------------------------------------------------
+    def state(self) -> Dict[str, Any]:
+        pending = [[int(k), *self.pieces[int(k)]] for k in self.packer.pending()]
+        ready = [[[int(k), *self.pieces[int(k)]] for k in keys] for keys in self.ready]
+        return {
+            "epoch": self.epoch, "num_replicas": self.world, "rank": self.rank,
+            "num_workers": self.workers, "worker": self.worker, "cursor": self.cursor,
+            "next_key": self.next_key, "pending": pending, "ready": ready, "flushed": self.flushed,
+            "yielded": self.yielded, "empties_done": self.empties_done,
+        }
+
+    def _restore(self, state: Dict[str, Any]) -> None:
+        self.cursor, self.next_key = int(state["cursor"]), int(state["next_key"])
+        self.flushed, self.yielded = bool(state["flushed"]), int(state["yielded"])
+        self.empties_done = int(state["empties_done"])
+        needed = set()  # positions of examples that pieces still wait on
+        for key, position, start, size in state["pending"]:
+            self.pieces[key] = (position, start, size)
+            if self.packer.push(key, size):  # the window held these, so no push can close a bin
+                raise ValueError("corrupt PackedIterableDataset state: its pending window does not fit the budget")
+            needed.add(position)
+        for keys in state["ready"]:
+            for key, position, start, size in keys:
+                self.pieces[key] = (position, start, size)
+                needed.add(position)
+            self.ready.append(np.asarray([k[0] for k in keys], dtype=np.int64))
+        for position, *_ in self.pieces.values():
+            self.refs[position] = self.refs.get(position, 0) + 1
+        if self.indexed:
+            for position in needed:
+                self.cache[position] = self._fetch_indexed(position)
+            return
+        # A plain stream cannot seek: read it again from the first example still waiting (islice
+        # skips the rest at C speed) and keep reading from the cursor afterwards.
+        first = min(((p - self.offset) // self.stride for p in needed), default=self.cursor)
+        self.iterator = iterator = self._open_stream(first)
+        for k in range(first, self.cursor):
+            example = next(iterator, _END)
+            if example is _END:
+                raise ValueError(
+                    f"the source ended at example {k} of this shard but the loaded state had read {self.cursor}: "
+                    f"the source is not the one the state was saved from"
+                )
+            if self._position(k) in needed:
+                self.cache[self._position(k)] = example

@@ -1,0 +1,1 @@
+"""What runs a model on packed batches: the contamination check, token-weighted losses, packed scoring."""
