@@ -11,7 +11,11 @@ another.
 """
 
 from warppack._version import __version__
-from warppack.attention.dispatch import attention_backend, set_attention_backend, varlen_attention
+from warppack.attention.dispatch import (
+    attention_backend,
+    set_attention_backend,
+    varlen_attention,
+)
 from warppack.attention.hf import register_attention
 from warppack.batch.collator import PackedCollator
 from warppack.batch.packed import PackedBatch, unpack

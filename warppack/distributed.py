@@ -18,12 +18,13 @@ tensor(3)
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 import torch.distributed as dist
+
+from warppack.engine.options import check_int
 
 __all__ = ["resolve_replicas", "equal_steps", "global_num_label_tokens", "is_distributed"]
 
@@ -31,12 +32,6 @@ __all__ = ["resolve_replicas", "equal_steps", "global_num_label_tokens", "is_dis
 def is_distributed() -> bool:
     """True when a default process group is initialised."""
     return dist.is_available() and dist.is_initialized()
-
-
-def _check_int(value: Any, name: str, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def resolve_replicas(num_replicas: Optional[int], rank: Optional[int], *, owner: str) -> Tuple[int, int]:
@@ -47,7 +42,7 @@ def resolve_replicas(num_replicas: Optional[int], rank: Optional[int], *, owner:
     grouped = is_distributed()
     if num_replicas is None:
         num_replicas = dist.get_world_size() if grouped else 1
-    num_replicas = _check_int(num_replicas, "num_replicas", minimum=1)
+    num_replicas = check_int(num_replicas, name="num_replicas", minimum=1)
     if rank is None:
         if grouped:
             rank = dist.get_rank()
@@ -59,7 +54,7 @@ def resolve_replicas(num_replicas: Optional[int], rank: Optional[int], *, owner:
                 f"is initialised to read it from (call torch.distributed.init_process_group first, or pass "
                 f"rank=...)"
             )
-    rank = _check_int(rank, "rank", minimum=0)
+    rank = check_int(rank, name="rank", minimum=0)
     if rank >= num_replicas:
         raise ValueError(
             f"{owner}: rank={rank} is out of range for num_replicas={num_replicas}; ranks are 0..{num_replicas - 1}"

@@ -24,8 +24,12 @@ from typing import Optional
 
 import torch
 
-from warppack.attention.exact import exact_block_diagonal, exact_segments, repeat_heads
-from warppack.attention.exact import segment_mask  # noqa: F401  (its old import path)
+from warppack.attention.exact import (
+    exact_block_diagonal,
+    exact_segments,
+    repeat_heads,
+    segment_mask,  # noqa: F401  (its old import path)
+)
 
 KERNELS = ("flash_attn", "torch_varlen", "aten_flash", "exact_segments", "exact_block_diagonal")
 _state: dict[str, Optional[str]] = {"last": None, "forced": None}

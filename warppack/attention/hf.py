@@ -16,9 +16,11 @@ import sys
 
 import torch
 
-from warppack.attention import dispatch as _attention  # _attention._record looked up per call: benchmarks wrap it to see kernels
+from warppack.attention import (
+    dispatch as _attention,  # _attention._record looked up per call: benchmarks wrap it to see kernels
+)
 from warppack.attention.dispatch import compiling, varlen_attention
-from warppack.attention.exact import attend, HostCache
+from warppack.attention.exact import HostCache, attend
 
 _posid_cache = HostCache()  # cu_seqlens found in position_ids, once per forward (every layer asks)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 import re
 from collections.abc import Mapping
 from itertools import repeat
@@ -15,7 +14,7 @@ import torch
 from warppack import _packer
 from warppack.batch.packed import BufferLayout, PackedBatch
 from warppack.batch.pool import BufferPool
-from warppack.engine.plan import check_max_tokens
+from warppack.engine.options import check_int, check_int32_count
 
 __all__ = ["PackedCollator", "as_token_array"]
 
@@ -65,7 +64,7 @@ def as_token_array(value: Any, *, index: int, field: str) -> np.ndarray:
 def _optional_int(value: Any, name: str) -> Optional[int]:
     if value is None:
         return None
-    return check_max_tokens(value, name=name)
+    return check_int32_count(value, name=name)
 
 
 class PackedCollator:
@@ -117,12 +116,10 @@ class PackedCollator:
         skip_empty: bool = False,
     ) -> None:
         self.max_tokens = _optional_int(max_tokens, "max_tokens")
-        if isinstance(pad_token_id, bool) or not isinstance(pad_token_id, numbers.Integral) or pad_token_id < 0:
-            raise ValueError(f"pad_token_id must be a non-negative int, got {pad_token_id!r}")
-        if isinstance(label_pad_id, bool) or not isinstance(label_pad_id, numbers.Integral):
-            raise ValueError(f"label_pad_id must be an int (usually -100), got {label_pad_id!r}")
-        self.pad_token_id = int(pad_token_id)
-        self.label_pad_id = int(label_pad_id)
+        # The layout writer stores ids as int64: a larger id would fail at every batch instead of here.
+        self.pad_token_id = check_int(pad_token_id, name="pad_token_id", minimum=0, maximum=2**63 - 1)
+        self.label_pad_id = check_int(label_pad_id, name="label_pad_id", minimum=-(2**63), maximum=2**63 - 1,
+                                      example=-100)
         self.pad_to_multiple_of = _optional_int(pad_to_multiple_of, "pad_to_multiple_of")
         self.static_shape = bool(static_shape)
         if self.static_shape and self.max_tokens is None:

@@ -35,7 +35,8 @@ def _plain(doc: Optional[str]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from warppack._version import __version__
-    from warppack.cli import calibrate as _cli_calibrate, demo as _demo
+    from warppack.cli import calibrate as _cli_calibrate
+    from warppack.cli import demo as _demo
     from warppack.cli.stats import command as _stats
 
     parser = argparse.ArgumentParser(

@@ -3,36 +3,23 @@
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 from typing import Any, Iterator, Optional
 
 import numpy as np
 
 from warppack import _packer
+from warppack.engine.options import (
+    DEFAULT_BUFFER_SIZE,
+    OVERLONG_POLICIES,
+    STRATEGIES,
+    check_int32_count,
+    check_overlong,
+    check_seed,
+    check_strategy,
+)
 
-__all__ = ["Plan", "plan", "STRATEGIES", "OVERLONG_POLICIES", "as_lengths_array", "check_max_tokens"]
-
-STRATEGIES = {"bfd": 0, "ffd": 1, "online": 2}
-OVERLONG_POLICIES = {"error": 0, "truncate": 1, "split": 2}
-DEFAULT_BUFFER_SIZE = 1024
-
-
-def check_max_tokens(max_tokens: Any, *, name: str = "max_tokens") -> int:
-    """Return ``max_tokens`` as a positive int, or raise naming the value and the fix."""
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, numbers.Integral):
-        raise TypeError(
-            f"{name} must be a positive int (a token budget per batch), got {max_tokens!r} "
-            f"of type {type(max_tokens).__name__}; pass e.g. {name}=8192"
-        )
-    value = int(max_tokens)
-    if value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value}; pass a token budget such as {name}=8192")
-    if value >= 2**31:
-        raise ValueError(
-            f"{name}={value} exceeds the int32 range of cu_seqlens (2**31 - 1); lower {name}"
-        )
-    return value
+__all__ = ["Plan", "as_lengths_array", "plan"]
 
 
 def as_lengths_array(lengths: Any) -> np.ndarray:
@@ -207,18 +194,13 @@ def plan(
     ([[2], [0, 1], [3]], 0.75)
     """
     array = as_lengths_array(lengths)
-    budget = check_max_tokens(max_tokens)
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy={strategy!r} is not one of {sorted(STRATEGIES)}; the default is 'bfd'")
-    if overlong not in OVERLONG_POLICIES:
-        raise ValueError(
-            f"overlong={overlong!r} is not one of {sorted(OVERLONG_POLICIES)}; the default is 'error'"
-        )
+    budget = check_int32_count(max_tokens)
+    check_strategy(strategy)
+    check_overlong(overlong)
     if max_seqs_per_bin is not None:
-        max_seqs_per_bin = check_max_tokens(max_seqs_per_bin, name="max_seqs_per_bin")
-    buffer_size = check_max_tokens(buffer_size, name="buffer_size")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"seed must be an int, got {seed!r}")
+        max_seqs_per_bin = check_int32_count(max_seqs_per_bin, name="max_seqs_per_bin")
+    buffer_size = check_int32_count(buffer_size, name="buffer_size")
+    seed = check_seed(seed)
     if strategy != "online":
         whole = _packer.plan_whole(
             array, budget, STRATEGIES[strategy], max_seqs_per_bin or 0, OVERLONG_POLICIES[overlong],

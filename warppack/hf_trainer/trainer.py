@@ -17,7 +17,11 @@ from typing import Any, Optional
 import torch
 
 from warppack.batch.collator import PackedCollator
-from warppack.hf_trainer.callback import PACKING_AWARE, WarpPackCallback, require_transformers
+from warppack.hf_trainer.callback import (
+    PACKING_AWARE,
+    WarpPackCallback,
+    require_transformers,
+)
 from warppack.loaders.sampler.sampler import PackedBatchSampler
 
 __all__ = ["pack_trainer"]

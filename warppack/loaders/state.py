@@ -9,10 +9,21 @@ from their own. Each of those rules lives here once.
 from __future__ import annotations
 
 import hashlib
-import numbers
-from typing import Any, Dict, Generic, Mapping, NoReturn, Optional, Sequence, TypeVar, overload
+from typing import (
+    Any,
+    Dict,
+    Generic,
+    Mapping,
+    NoReturn,
+    Optional,
+    Sequence,
+    TypeVar,
+    overload,
+)
 
 import numpy as np
+
+from warppack.engine.options import check_int
 
 __all__ = ["Fixed", "Generation", "check_epoch", "check_saved_options", "lengths_fingerprint"]
 
@@ -76,9 +87,7 @@ class Generation:
 
 def check_epoch(epoch: Any) -> int:
     """``epoch`` as an int, or ValueError naming it."""
-    if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
-        raise ValueError(f"set_epoch takes an int >= 0, got {epoch!r}")
-    return int(epoch)
+    return check_int(epoch, name="epoch", minimum=0)
 
 
 def lengths_fingerprint(lengths: np.ndarray) -> str:

@@ -83,8 +83,8 @@ def _optimizer_identity(optimizer: Any) -> Optional[dict]:
 def calibration_key(model: torch.nn.Module, *, optimizer: Any, device: Mapping[str, Any],
                     world_size: int, mixed_precision: Optional[str], settings: Mapping[str, Any]) -> dict:
     """Everything that changes a calibrated budget, as a JSON-able dict."""
-    from warppack.attention.dispatch import forced_attention_backend
     from warppack._version import __version__
+    from warppack.attention.dispatch import forced_attention_backend
 
     return {
         "model": _model_identity(model),

@@ -27,15 +27,32 @@ from typing import Any, Callable, List, Mapping, Optional
 
 import torch
 
-from warppack.memory.cache import calibration_key, load_budget, store_budget
-from warppack.memory.search import INT32_LIMIT as _INT32_LIMIT
-from warppack.memory.search import next_budget, pessimistic_lengths, probe_schedule, search_budget
-from warppack.memory.step import TrainStep as _TrainStep
-from warppack.memory.step import default_loss, make_batch as _batch, unwrap_ddp, vocab_size as _vocab_size
 from warppack.batch.collator import PackedCollator
-from warppack.memory.device import (CudaMemory, DeviceMemory, TrainingSnapshot, all_ranks_max, device_memory,
-                              expandable_segments, format_bytes, gathers_parameters, is_oom_error, world_size)
-from warppack.engine.plan import check_max_tokens
+from warppack.engine.options import check_int32_count
+from warppack.memory.cache import calibration_key, load_budget, store_budget
+from warppack.memory.device import (
+    CudaMemory,
+    DeviceMemory,
+    TrainingSnapshot,
+    all_ranks_max,
+    device_memory,
+    expandable_segments,
+    format_bytes,
+    gathers_parameters,
+    is_oom_error,
+    world_size,
+)
+from warppack.memory.search import INT32_LIMIT as _INT32_LIMIT
+from warppack.memory.search import (
+    next_budget,
+    pessimistic_lengths,
+    probe_schedule,
+    search_budget,
+)
+from warppack.memory.step import TrainStep as _TrainStep
+from warppack.memory.step import default_loss, unwrap_ddp
+from warppack.memory.step import make_batch as _batch
+from warppack.memory.step import vocab_size as _vocab_size
 from warppack.progress import Progress
 
 __all__ = ["calibrate_token_budget", "calibrate", "CalibrationReport", "pessimistic_lengths", "probe_schedule",
@@ -100,8 +117,8 @@ def calibrate(model, *, max_seq_len, accelerator=None, optimizer=None, collator=
               gradient_accumulation_steps=None, enforce_headroom=False, cache=True, cache_dir=None,
               progress=None, memory=None) -> CalibrationReport:
     """:func:`calibrate_token_budget` returning the whole :class:`CalibrationReport` (probes, time)."""
-    max_seq_len = check_max_tokens(max_seq_len, name="max_seq_len")
-    short_len = check_max_tokens(short_len, name="short_len")
+    max_seq_len = check_int32_count(max_seq_len, name="max_seq_len")
+    short_len = check_int32_count(short_len, name="short_len")
     headroom = _check_fraction(headroom, "headroom", "headroom=0.08 (leave 8% of device memory free)")
     tolerance = _check_fraction(tolerance, "tolerance", "tolerance=0.05 (search to a 5% gap)")
     if optimizer is None and accelerator is not None and getattr(accelerator, "_optimizers", None):
@@ -114,7 +131,7 @@ def calibrate(model, *, max_seq_len, accelerator=None, optimizer=None, collator=
     memory = memory or device_memory(params[0].device)
     granularity = (collator.pad_to_multiple_of if collator is not None else None) or 1
     start = -(-max_seq_len // granularity) * granularity
-    upper = check_max_tokens(upper_bound, name="upper_bound") if upper_bound is not None else _INT32_LIMIT
+    upper = check_int32_count(upper_bound, name="upper_bound") if upper_bound is not None else _INT32_LIMIT
     upper = max(upper // granularity * granularity, start)
     target = (1 - headroom) * memory.total_bytes - reserve_bytes
     if target <= 0:

@@ -26,10 +26,15 @@ from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from warppack.batch.packed import PackedBatch, unpack
-from warppack.memory.step import default_loss, unwrap_ddp
 from warppack.batch.collator import PackedCollator
-from warppack.memory.device import all_ranks_max, gathers_parameters, is_oom_error, world_size
+from warppack.batch.packed import PackedBatch, unpack
+from warppack.memory.device import (
+    all_ranks_max,
+    gathers_parameters,
+    is_oom_error,
+    world_size,
+)
+from warppack.memory.step import default_loss, unwrap_ddp
 
 __all__ = ["OOMGuard", "split_points"]
 

@@ -11,8 +11,8 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from warppack.progress import Progress
 from warppack.engine.plan import plan
+from warppack.progress import Progress
 
 __all__ = ["ROUND_TO", "SWEEP_FACTORS", "SWEEP_SAMPLE", "recommend_budget"]
 

@@ -20,7 +20,12 @@ import sys
 from pathlib import Path
 from typing import Optional, Tuple
 
-from warppack.cli.errors import EXIT_BAD_PATH, EXIT_MISSING_DEPENDENCY, EXIT_USAGE, CliError
+from warppack.cli.errors import (
+    EXIT_BAD_PATH,
+    EXIT_MISSING_DEPENDENCY,
+    EXIT_USAGE,
+    CliError,
+)
 
 # The command is this module; the reading, the numbers, the budget sweep and the report each live
 # in their own module and are re-exported here, the names the tests and scripts import.

@@ -14,10 +14,15 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from warppack.cli.errors import EXIT_BAD_COLUMN, EXIT_NOTHING_TO_PACK, EXIT_USAGE, CliError
-from warppack.progress import Progress
+from warppack.cli.errors import (
+    EXIT_BAD_COLUMN,
+    EXIT_NOTHING_TO_PACK,
+    EXIT_USAGE,
+    CliError,
+)
 from warppack.cli.stats.budget import SWEEP_FACTORS, recommend_budget
 from warppack.engine.plan import plan
+from warppack.progress import Progress
 
 __all__ = ["STRATEGIES", "StrategyStats", "Stats", "compute_stats", "dynamic_padding_slots"]
 

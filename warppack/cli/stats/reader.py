@@ -22,8 +22,8 @@ from warppack.cli.errors import (
     EXIT_USAGE,
     CliError,
 )
-from warppack.progress import Progress
 from warppack.engine.lengths import lengths_of
+from warppack.progress import Progress
 
 __all__ = ["LoadedLengths", "load_lengths"]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Dict, Optional
@@ -10,8 +9,14 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from warppack.distributed import resolve_replicas
+from warppack.engine.options import (
+    check_int32_count,
+    check_overlong,
+    check_seed,
+    check_strategy,
+)
+from warppack.engine.plan import as_lengths_array
 from warppack.loaders.state import lengths_fingerprint
-from warppack.engine.plan import OVERLONG_POLICIES, STRATEGIES, as_lengths_array, check_max_tokens
 
 __all__ = ["SamplerConfig", "STATE_FORMAT", "CHECKED"]
 
@@ -55,9 +60,8 @@ class SamplerConfig:
         interleaved: bool,
     ) -> "SamplerConfig":
         """Validate the constructor arguments of PackedBatchSampler; errors name the setting to change."""
-        budget = check_max_tokens(max_tokens)
-        if strategy not in STRATEGIES:
-            raise ValueError(f"strategy={strategy!r} is not one of {sorted(STRATEGIES)}; the default is 'bfd'")
+        budget = check_int32_count(max_tokens)
+        check_strategy(strategy)
         if overlong == "split":
             raise ValueError(
                 "overlong='split' cannot be expressed by a batch sampler: it yields dataset indices, and a "
@@ -65,12 +69,10 @@ class SamplerConfig:
                 "max_tokens, overlong='truncate')), filter long examples, or stream with "
                 "warppack.PackedIterableDataset(..., overlong='split')"
             )
-        if overlong not in OVERLONG_POLICIES:
-            raise ValueError(f"overlong={overlong!r} is not one of ['error', 'truncate']; the default is 'error'")
+        check_overlong(overlong, allowed=("error", "truncate"))
         if max_seqs_per_bin is not None:
-            max_seqs_per_bin = check_max_tokens(max_seqs_per_bin, name="max_seqs_per_bin")
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise TypeError(f"seed must be an int, got {seed!r}")
+            max_seqs_per_bin = check_int32_count(max_seqs_per_bin, name="max_seqs_per_bin")
+        seed = check_seed(seed)
         array = as_lengths_array(lengths)
         if len(array):
             low = int(np.argmin(array))

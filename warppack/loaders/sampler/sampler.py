@@ -20,17 +20,17 @@ padding token whose labels are all ignored: a zero-loss step).
 
 from __future__ import annotations
 
-import numbers
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from torch.utils.data import Sampler
 
-from warppack.loaders.state import Fixed, Generation, check_epoch, check_saved_options
+from warppack.engine.options import check_int
 from warppack.loaders.sampler.bins import Bins
 from warppack.loaders.sampler.config import CHECKED, STATE_FORMAT, SamplerConfig
 from warppack.loaders.sampler.iterator import BatchIterator
 from warppack.loaders.sampler.layout import Layout, epoch_bins, epoch_layout
+from warppack.loaders.state import Fixed, Generation, check_epoch, check_saved_options
 
 __all__ = ["PackedBatchSampler"]
 
@@ -179,8 +179,7 @@ class PackedBatchSampler(Sampler[List[int]]):
         else:
             epoch, history, start, step = self._epoch, self._history, self._start, self._start
         if consumed is not None:
-            if isinstance(consumed, bool) or not isinstance(consumed, numbers.Integral) or consumed < 0:
-                raise ValueError(f"consumed must be an int >= 0 (batches taken from the loader), got {consumed!r}")
+            consumed = check_int(consumed, name="consumed", minimum=0)
             if start + consumed > step:
                 raise ValueError(
                     f"consumed={consumed} is more than the {step - start} batches this pass has handed out"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Callable, Dict, List, Optional
@@ -10,9 +9,15 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 
 from warppack.distributed import resolve_replicas
-from warppack.loaders.stream.shards import indexed
+from warppack.engine.options import (
+    check_int,
+    check_int32_count,
+    check_overlong,
+    check_seed,
+)
+from warppack.engine.plan import as_lengths_array
 from warppack.loaders.state import lengths_fingerprint
-from warppack.engine.plan import OVERLONG_POLICIES, as_lengths_array, check_max_tokens
+from warppack.loaders.stream.shards import indexed
 
 __all__ = ["IterableConfig", "STATE_FORMAT", "CHECKED"]
 
@@ -59,14 +64,12 @@ class IterableConfig:
         num_workers: Optional[int],
     ) -> "IterableConfig":
         """Validate the constructor arguments of PackedIterableDataset; errors name the setting to change."""
-        budget = check_max_tokens(max_tokens)
-        buffer_size = check_max_tokens(buffer_size, name="buffer_size")
+        budget = check_int32_count(max_tokens)
+        buffer_size = check_int32_count(buffer_size, name="buffer_size")
         if max_seqs_per_bin is not None:
-            max_seqs_per_bin = check_max_tokens(max_seqs_per_bin, name="max_seqs_per_bin")
-        if overlong not in OVERLONG_POLICIES:
-            raise ValueError(f"overlong={overlong!r} is not one of {sorted(OVERLONG_POLICIES)}; the default is 'error'")
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise TypeError(f"seed must be an int, got {seed!r}")
+            max_seqs_per_bin = check_int32_count(max_seqs_per_bin, name="max_seqs_per_bin")
+        check_overlong(overlong)
+        seed = check_seed(seed)
         if isinstance(source, (str, bytes)):
             raise TypeError("source must be a collection or stream of examples, got a string")
         is_indexed = indexed(source)
@@ -98,10 +101,8 @@ class IterableConfig:
                 f"one token count per example (warppack.lengths_of(source))"
             )
         world, rank_ = resolve_replicas(num_replicas, rank, owner="PackedIterableDataset")
-        if num_workers is not None and (
-            isinstance(num_workers, bool) or not isinstance(num_workers, numbers.Integral) or num_workers < 0
-        ):
-            raise ValueError(f"num_workers must be an int >= 0 (the DataLoader's), got {num_workers!r}")
+        if num_workers is not None:
+            num_workers = check_int(num_workers, name="num_workers", minimum=0, example=2)
         return cls(
             source=source, max_tokens=budget, buffer_size=buffer_size, collator=collator, lengths=array,
             shuffle=bool(shuffle), seed=int(seed), max_seqs_per_bin=max_seqs_per_bin, overlong=overlong,

@@ -26,11 +26,17 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 from torch.utils.data import IterableDataset
 
+from warppack.engine.options import DEFAULT_BUFFER_SIZE
+from warppack.loaders.state import Fixed, Generation, check_epoch, check_saved_options
 from warppack.loaders.stream.config import CHECKED, STATE_FORMAT, IterableConfig
 from warppack.loaders.stream.shards import empties_for, shard_counts, worker_placement
-from warppack.loaders.stream.stream import POSITION_KEYS, Stream, StreamBudget, check_same_split, fresh_position
-from warppack.loaders.state import Fixed, Generation, check_epoch, check_saved_options
-from warppack.engine.plan import DEFAULT_BUFFER_SIZE
+from warppack.loaders.stream.stream import (
+    POSITION_KEYS,
+    Stream,
+    StreamBudget,
+    check_same_split,
+    fresh_position,
+)
 
 __all__ = ["PackedIterableDataset"]
 

@@ -20,7 +20,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "benchmarks"
 sys.path.insert(0, str(BENCH))
 

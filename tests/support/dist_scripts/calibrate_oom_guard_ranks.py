@@ -7,7 +7,6 @@ computed without DDP, and the parameters after the optimizer steps.
 """
 
 import json
-import os
 import sys
 from datetime import timedelta
 from pathlib import Path

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import warppack
-from model_helpers import FAMILIES, random_sequences, relative_error, tiny_model
+from support.models import FAMILIES, random_sequences, relative_error, tiny_model
 
 pytest.importorskip("transformers")
 

@@ -20,8 +20,8 @@ from warppack.memory.calibrate import next_budget, pessimistic_lengths, probe_sc
 from warppack.memory.cache import calibration_key, key_digest
 from warppack.memory.device import DeviceMemory, TrainingSnapshot
 
-sys.path.insert(0, str(Path(__file__).parent))
-from simulated_device import SimulatedDevice, ToyLM, adversarial_batches  # noqa: E402
+from support.paths import DIST_SCRIPTS, REPO, TESTS
+from support.simulated_device import SimulatedDevice, ToyLM, adversarial_batches
 
 
 def _device(**overrides):
@@ -470,11 +470,11 @@ def test_cache_key_changes_with_each_input():
 
 # ---- all ranks agree (2 gloo processes) --------------------------------------------------------------
 def _run_two_ranks(script: str, out: Path) -> list:
-    """``tests/dist_scripts/<script>`` on 2 gloo processes; each rank's ``rank{r}.json``."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    """``tests/support/dist_scripts/<script>`` on 2 gloo processes; each rank's ``rank{r}.json``."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS / "support"), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(Path(__file__).parent / "dist_scripts" / script), str(out)],
+                           str(DIST_SCRIPTS / script), str(out)],
                           env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
@@ -518,7 +518,7 @@ def test_accelerate_ddp_ranks_agree_with_the_accelerators_optimizer(tmp_path):
 def test_gpu_benchmark_script_runs_in_smoke_mode(tmp_path):
     pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
-    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    sys.path.insert(0, str(REPO / "benchmarks"))
     import gpu_calibration
 
     assert gpu_calibration.main(["--smoke", "--batches", "1", "--out", str(tmp_path)]) == 0

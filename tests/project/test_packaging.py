@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import setuptools
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_setup_py_names_the_setuptools_it_needs(monkeypatch):

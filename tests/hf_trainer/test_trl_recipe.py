@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +23,9 @@ import torch  # noqa: E402
 
 import warppack  # noqa: E402
 
-QUICKSTART = Path(__file__).resolve().parents[1] / "docs" / "quickstart.md"
+from support.paths import REPO  # noqa: E402
+
+QUICKSTART = REPO / "docs" / "quickstart.md"
 MAX_TOKENS = 256
 WORDS = [f"w{i}" for i in range(60)]
 

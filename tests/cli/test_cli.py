@@ -30,7 +30,7 @@ from warppack.cli.errors import (
 )
 from warppack.progress import Progress, progress, progress_enabled
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 LENGTHS = np.array([5, 17, 3, 40, 40, 12, 9, 64, 1, 30, 22, 8, 50, 2, 33, 7], dtype=np.int64)
 

@@ -7,7 +7,6 @@ import logging
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,8 +16,8 @@ import warppack
 from warppack.memory.device import is_oom_error
 from warppack.memory.oom_guard import split_points
 
-sys.path.insert(0, str(Path(__file__).parent))
-from simulated_device import SimulatedDevice, ToyLM  # noqa: E402
+from support.paths import DIST_SCRIPTS, TESTS
+from support.simulated_device import SimulatedDevice, ToyLM
 
 LENGTHS = [9, 4, 13, 6, 11, 3, 8]  # all different: a sequence is known by its length
 
@@ -197,9 +196,9 @@ def test_settings_are_validated_and_state_round_trips():
 # ---- lockstep across ranks (2 gloo processes; only rank 1 runs out of memory) ------------------------
 @pytest.mark.distributed
 def test_two_ranks_decide_in_lockstep_when_only_one_runs_out_of_memory(tmp_path):
-    script = Path(__file__).parent / "dist_scripts" / "calibrate_oom_guard_ranks.py"
+    script = DIST_SCRIPTS / "calibrate_oom_guard_ranks.py"
     env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join([str(TESTS / "support"), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

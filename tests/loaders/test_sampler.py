@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 import warppack
 from warppack import PackedBatchSampler
 
-from resume_harness import (ListDataset, SamplerSession, StatefulDataLoader, check_resume, check_skip_first_batches,
+from support.resume_harness import (ListDataset, SamplerSession, StatefulDataLoader, check_resume, check_skip_first_batches,
                             make_examples, sampler_stateful_session)
 
 WORLDS = (1, 2, 3, 7, 8)

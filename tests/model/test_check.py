@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import warppack
-from model_helpers import tiny_model
+from support.models import tiny_model
 
 transformers = pytest.importorskip("transformers")
 

@@ -17,7 +17,7 @@ import pytest
 
 import warppack
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "examples").glob("*.py"))
 
 # what each example must print when it succeeds (beyond exiting 0)

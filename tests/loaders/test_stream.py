@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 import warppack
 from warppack import PackedIterableDataset
 
-from resume_harness import (IterableSession, StatefulDataLoader, check_resume, check_skip_first_batches, example_ids,
+from support.resume_harness import (IterableSession, StatefulDataLoader, check_resume, check_skip_first_batches, example_ids,
                             iterable_stateful_session, make_examples)
 
 WORLDS = (1, 2, 3, 7, 8)

@@ -16,8 +16,7 @@ pytest.importorskip("accelerate")
 
 import warppack  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).parent))
-from simulated_device import SimulatedDevice  # noqa: E402
+from support.simulated_device import SimulatedDevice
 
 BUDGET = 64
 
@@ -178,7 +177,7 @@ def test_pack_trainer_replaces_default_collator_and_refuses_others(tmp_path):
 
 def test_without_transformers_the_error_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)
-    path = Path(warppack.__file__).with_name("_callback.py")
+    path = Path(warppack.__file__).parent / "hf_trainer" / "callback.py"
     spec = importlib.util.spec_from_file_location("warppack_callback_without_hf", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

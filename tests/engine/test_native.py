@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from warppack import _packer
 
-import reference_packer as ref
+from support import reference_packer as ref
 
 STRATEGY = {"bfd": 0, "ffd": 1, "online": 2}
 OVERLONG = {"error": 0, "truncate": 1, "split": 2}

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import warppack
-from model_helpers import random_sequences, relative_error, tiny_model
+from support.models import random_sequences, relative_error, tiny_model
 
 pytest.importorskip("transformers")
 dynamo = pytest.importorskip("torch._dynamo")

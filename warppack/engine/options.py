@@ -1,0 +1,85 @@
+"""Validation of the options every layer shares; each rule is written here once.
+
+Errors name the argument, the value and what to pass instead.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Collection, Optional
+
+__all__ = [
+    "DEFAULT_BUFFER_SIZE",
+    "INT32_MAX",
+    "OVERLONG_POLICIES",
+    "STRATEGIES",
+    "check_choice",
+    "check_int",
+    "check_int32_count",
+    "check_overlong",
+    "check_seed",
+    "check_strategy",
+    "is_int",
+]
+
+STRATEGIES = {"bfd": 0, "ffd": 1, "online": 2}
+OVERLONG_POLICIES = {"error": 0, "truncate": 1, "split": 2}
+DEFAULT_BUFFER_SIZE = 1024
+INT32_MAX = 2**31 - 1
+
+
+def is_int(value: Any) -> bool:
+    """An integer that is not a bool (``True`` is an ``int`` to Python but never a count here)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_int(value: Any, *, name: str, minimum: Optional[int] = None, maximum: Optional[int] = None,
+              example: Any = None) -> int:
+    """``value`` as an int within [minimum, maximum], or TypeError/ValueError naming ``name``."""
+    shown = example if example is not None else (minimum if minimum is not None and minimum > 0 else 0)
+    wanted = "an int" + (f" >= {minimum}" if minimum is not None else "")
+    if not is_int(value):
+        raise TypeError(f"{name} must be {wanted}, got {value!r} of type {type(value).__name__}; pass e.g. "
+                        f"{name}={shown}")
+    number = int(value)
+    if minimum is not None and number < minimum:
+        raise ValueError(f"{name} must be {wanted}, got {number}; pass e.g. {name}={shown}")
+    if maximum is not None and number > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {number}; lower {name}")
+    return number
+
+
+def check_int32_count(value: Any, *, name: str = "max_tokens") -> int:
+    """A positive count that fits cu_seqlens' int32 (a token budget, a window, a per-bin limit)."""
+    if not is_int(value):
+        raise TypeError(
+            f"{name} must be a positive int, got {value!r} of type {type(value).__name__}; pass e.g. "
+            f"{name}=8192"
+        )
+    number = int(value)
+    if number <= 0:
+        raise ValueError(f"{name} must be > 0, got {number}; pass a positive count such as {name}=8192")
+    if number > INT32_MAX:
+        raise ValueError(f"{name}={number} exceeds the int32 range of cu_seqlens (2**31 - 1); lower {name}")
+    return number
+
+
+def check_seed(seed: Any, *, name: str = "seed") -> int:
+    """Any int (it is reduced modulo 2**64 where the engine needs it)."""
+    if not is_int(seed):
+        raise TypeError(f"{name} must be an int, got {seed!r} of type {type(seed).__name__}; pass e.g. {name}=0")
+    return int(seed)
+
+
+def check_choice(value: Any, *, name: str, choices: Collection[str], default: str) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name}={value!r} is not one of {sorted(choices)}; the default is {default!r}")
+    return value
+
+
+def check_strategy(strategy: Any) -> str:
+    return check_choice(strategy, name="strategy", choices=STRATEGIES, default="bfd")
+
+
+def check_overlong(overlong: Any, *, allowed: Collection[str] = tuple(OVERLONG_POLICIES)) -> str:
+    return check_choice(overlong, name="overlong", choices=allowed, default="error")
