@@ -1,5 +1,6 @@
-"""Shared fixtures: where the real length data lives."""
+"""Shared fixtures: where the real length data lives; no test leaks accelerate's process-wide state."""
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,3 +15,12 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip(f"real length data not found at {path}")
     return path
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """accelerate keeps one AcceleratorState per process: reset it so each test builds its own."""
+    yield
+    state = sys.modules.get("accelerate.state")
+    if state is not None:
+        state.AcceleratorState._reset_state(reset_partial_state=True)

@@ -474,7 +474,7 @@ def test_calibrate_calls_the_calibrator_by_name(tiny_model_dir, capsys, monkeypa
         real_params = inspect.signature(real).parameters
         for name in ("accelerator", "optimizer", "max_seq_len", "collator", "headroom", "cache", "cache_dir"):
             assert name in real_params, f"calibrate_token_budget lost its {name!r} argument"
-    monkeypatch.setattr(warppack, "calibrate_token_budget", fake, raising=False)
+    monkeypatch.setattr("warppack.memory.calibrate.calibrate_token_budget", fake, raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "Fake GPU")
@@ -505,7 +505,7 @@ def test_calibrate_errors_from_the_calibrator_are_one_line(tiny_model_dir, capsy
     def fails(model, *, accelerator=None, optimizer=None, max_seq_len):
         raise ValueError("the model does not fit even one 128-token sequence: it needed 90 GiB")
 
-    monkeypatch.setattr(warppack, "calibrate_token_budget", fails, raising=False)
+    monkeypatch.setattr("warppack.memory.calibrate.calibrate_token_budget", fails, raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(_cli_calibrate, "_to_device", lambda model: model)
     code, _, err = _run(capsys, ["calibrate", tiny_model_dir])

@@ -20,7 +20,7 @@ LAYERS = [
     ("warppack.attention",),
     ("warppack.model",),
     ("warppack.memory",),
-    ("warppack.hf_trainer",),
+    ("warppack.hf_trainer", "warppack.harness"),
     ("warppack.cli",),
     ("warppack", "warppack.__main__"),
 ]

@@ -106,7 +106,7 @@ class WarpPackCallback(TrainerCallback, ExportableState):
         self.budget_source = "given" if max_tokens is not None else None
         self.guard_state: Optional[dict] = None
         self.checked = False
-        self._guard = None
+        self._guard: Optional[Any] = None  # an OOMGuard, built on the first guarded step
         self.stats = _Stats()
         self._lengths: dict = {}
         self._resume_budget: Optional[int] = None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
@@ -62,6 +62,11 @@ def pack_trainer(trainer, callback: Optional[WarpPackCallback] = None, *, set_at
     return callback
 
 
+if TYPE_CHECKING:  # the methods below override a Trainer's, whichever Trainer class they are mixed into
+    from transformers import Trainer as _TrainerBase
+else:
+    _TrainerBase = object
+
 _CLASSES: dict = {}
 
 
@@ -73,7 +78,7 @@ def _packed_class(cls):
     return _CLASSES[cls]
 
 
-class _PackedTrainer:
+class _PackedTrainer(_TrainerBase):
     """What a packed Trainer overrides; ``pack_trainer`` puts it before the trainer's own class."""
 
     _warppack_weight = 1.0  # a split micro-batch's share of the loss (OOM guard), applied in compute_loss
