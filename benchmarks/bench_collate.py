@@ -15,15 +15,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
+from typing import List, Optional
 
 import numpy as np
 import torch
+from benchlib.data import lognormal_sft
+from benchlib.peers import word_tokenizer
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _data import lognormal_sft  # noqa: E402
-
-import warppack  # noqa: E402
+import warppack
 
 
 def _examples(budget: int, source: str, seed: int = 0):
@@ -47,16 +46,11 @@ def _examples(budget: int, source: str, seed: int = 0):
 
 
 def _hf_collators():
-    from tokenizers import Tokenizer
-    from tokenizers.models import WordLevel
-    from transformers import DataCollatorWithFlattening, DataCollatorWithPadding, PreTrainedTokenizerFast
+    from transformers import DataCollatorWithFlattening, DataCollatorWithPadding
 
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer(WordLevel({"[PAD]": 0, "[UNK]": 1}, unk_token="[UNK]")), pad_token="[PAD]"
-    )
     return {
         "DataCollatorWithFlattening": DataCollatorWithFlattening(return_tensors="pt"),
-        "DataCollatorWithPadding": DataCollatorWithPadding(tokenizer, return_tensors="pt"),
+        "DataCollatorWithPadding": DataCollatorWithPadding(word_tokenizer(), return_tensors="pt"),
     }
 
 
@@ -71,7 +65,7 @@ def _median_seconds(fn, examples, repeats: int) -> float:
     return float(np.median(times))
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--quick", action="store_true")

@@ -21,32 +21,24 @@ the share of batches holding more than ``max_tokens`` tokens (an OOM risk a fixe
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import List, Optional, Tuple
 
 import numpy as np
+from benchlib.data import DEFAULT_DATA_DIR, datasets
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import warppack  # noqa: E402
-from _data import DEFAULT_DATA_DIR, expand_histogram  # noqa: E402
+import warppack
 
 
 def load(data_dir: Path) -> dict:
     """name -> (lengths, max_tokens, overlong) for the shared length data found in ``data_dir``."""
-    out = {}
-    wiki = data_dir / "wikipedia512_hist.txt"
-    if wiki.exists():
-        out["wikipedia-512 (16.3M)"] = (expand_histogram(wiki), 2048, "error")
-    squad = data_dir / "squad384_hist.txt"
-    if squad.exists():
-        out["squad-384 (88.6k)"] = (expand_histogram(squad), 1536, "error")
-    cpython = data_dir / "cpython_stdlib_smollm2_lengths.npy"
-    if cpython.exists():
-        lengths = np.load(cpython).astype(np.int64)
-        out["cpython stdlib (1.8k)"] = (lengths[lengths > 0], 8192, "truncate")
+    out = {name: (d["lengths"], d["max_tokens"], d["overlong"])
+           for name, d in datasets(data_dir, lognormal_n=0).items()}
     if not out:
         raise SystemExit(f"no length data in {data_dir}; pass --data-dir")
     return out
@@ -66,7 +58,7 @@ def summarise(tokens: np.ndarray, sumsq: np.ndarray, *, n: int, seen: np.ndarray
     return out
 
 
-def warppack_grid(lengths, budget, overlong, world):
+def warppack_grid(lengths: np.ndarray, budget: int, overlong: str, world: int) -> Tuple[np.ndarray, ...]:
     sampler = warppack.PackedBatchSampler(lengths, budget, num_replicas=world, rank=0, seed=0, overlong=overlong)
     layout = sampler._layout(0, [])  # the grid every rank computes; bin ids, -1 for an empty batch
     grid, bins = layout.grid, layout.bins
@@ -79,7 +71,8 @@ def warppack_grid(lengths, budget, overlong, world):
     return tokens, sumsq, seen
 
 
-def distributed_sampler_grid(lengths, budget, overlong, world, rng):
+def distributed_sampler_grid(lengths: np.ndarray, budget: int, overlong: str, world: int,
+                             rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     clipped = np.minimum(lengths, budget) if overlong == "truncate" else lengths
     n = len(lengths)
     batch = max(1, budget // int(round(clipped.mean())))
@@ -96,7 +89,8 @@ def distributed_sampler_grid(lengths, budget, overlong, world, rng):
     return tokens, sumsq, padded, batch
 
 
-def per_rank_packing_grid(lengths, budget, overlong, world, rng):
+def per_rank_packing_grid(lengths: np.ndarray, budget: int, overlong: str, world: int,
+                          rng: np.random.Generator) -> Tuple[np.ndarray, ...]:
     n = len(lengths)
     order = rng.permutation(n)
     per_rank = []
@@ -120,7 +114,6 @@ def per_rank_packing_grid(lengths, budget, overlong, world, rng):
 _RESUME = """
 import json, sys, time
 import numpy as np
-sys.path.insert(0, sys.argv[3])
 import warppack
 lengths, state = np.load(sys.argv[1]), json.load(open(sys.argv[2]))
 t0 = time.perf_counter()
@@ -132,12 +125,8 @@ print(time.perf_counter() - t0)
 """
 
 
-def timings(lengths, budget, overlong) -> dict:
+def timings(lengths: np.ndarray, budget: int, overlong: str) -> dict:
     """Planning one epoch for 8 ranks; resuming late in the epoch in a fresh process (as after a restart)."""
-    import json
-    import subprocess
-    import tempfile
-
     t0 = time.perf_counter()
     sampler = warppack.PackedBatchSampler(lengths, budget, num_replicas=8, rank=3, seed=0, overlong=overlong)
     steps = len(sampler)
@@ -148,12 +137,12 @@ def timings(lengths, budget, overlong) -> dict:
         np.save(Path(tmp) / "lengths.npy", lengths)
         (Path(tmp) / "state.json").write_text(json.dumps(state))
         done = subprocess.run([sys.executable, "-c", _RESUME, str(Path(tmp) / "lengths.npy"),
-                               str(Path(tmp) / "state.json"), str(Path(__file__).resolve().parents[1])],
+                               str(Path(tmp) / "state.json")],
                               capture_output=True, text=True, check=True)
     return {"plan_s": plan_s, "resume_s": float(done.stdout.split()[-1]), "steps": steps}
 
 
-def main(argv=None) -> None:
+def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--ranks", type=int, nargs="+", default=[8, 64])
@@ -163,9 +152,9 @@ def main(argv=None) -> None:
     timing_rows = []
     if not args.no_timing:  # first, while this process holds little memory
         sets = list(data.items())
-        wiki = data.get("wikipedia-512 (16.3M)")
+        wiki = data.get("wikipedia512 (16.3M)")
         if wiki is not None:  # the 10M mark of the resume target
-            sets.insert(1, ("wikipedia-512, first 10M", (wiki[0][:10_000_000].copy(), wiki[1], wiki[2])))
+            sets.insert(1, ("wikipedia512, first 10M", (wiki[0][:10_000_000].copy(), wiki[1], wiki[2])))
         for name, (lengths, budget, overlong) in sets:
             timing_rows.append((name, len(lengths), timings(lengths, budget, overlong)))
     print(f"# bench_distributed: data {args.data_dir}, ranks {args.ranks}")
@@ -200,7 +189,8 @@ def main(argv=None) -> None:
         print("|---|---:|---:|---:|")
         for name, n, t in timing_rows:
             print(f"| {name} | {n:,} | {t['plan_s']:.2f} s | {t['resume_s']:.2f} s |")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -17,13 +17,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import List, Optional
 
 import numpy as np
+from benchlib.data import DEFAULT_DATA_DIR, datasets
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _data import DEFAULT_DATA_DIR, datasets  # noqa: E402
-
-import warppack  # noqa: E402
+import warppack
 
 PEER_PREFIX = {"trl": 200_000, "binpacking": 50_000}
 
@@ -102,7 +101,7 @@ def _peak_extra_bytes_per_sequence(lengths: np.ndarray, budget: int, overlong: s
     return float(rss), float(traced)
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--repeats", type=int, default=5)
@@ -142,7 +141,7 @@ def main(argv=None) -> int:
             note = f"peak extra {rss:.1f} B/sequence (RSS, all allocations); numpy's share {traced:.1f} (tracemalloc)"
             rows.append((name, "warppack bfd memory", n, float("nan"), 0, float("nan"), note))
 
-    header = f"| data | planner | sequences | sequences/s | bins | bins / lower bound | note |"
+    header = "| data | planner | sequences | sequences/s | bins | bins / lower bound | note |"
     print(header)
     print("|---|---|---:|---:|---:|---:|---|")
     for name, planner, n, rate, bins, ratio, note in rows:

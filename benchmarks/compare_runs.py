@@ -3,7 +3,7 @@
     python benchmarks/compare_runs.py docs/results/bench_train_h200.json docs/results/bench_train_h200_repeat.json
 
 Each run already reports the median of its timed windows; this takes the median of those over the
-runs, shows the spread between runs, and recomputes the issue's targets from the medians. The last
+runs, shows the spread between runs, and recomputes the targets from the medians. The last
 column of the target list, the *ceiling*, is the compute-only bound over the best of arms (2)-(5):
 no batching with the same model and kernel can beat the best peer by more than that.
 """
@@ -15,10 +15,9 @@ import json
 import statistics
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import ARM_ORDER, train_targets  # noqa: E402
+from benchlib.targets import ARM_ORDER, padding_removal_target, train_targets
 
 
 def load_runs(paths: List[Path]) -> List[dict]:
@@ -105,14 +104,13 @@ def eval_lines(runs: List[dict]) -> List[str]:
                          + f" | {m:,.0f} | {m / medians['padded']:.2f} |")
         limit = first.get("padding_removal_limit")
         if limit:
-            speed = medians["packed"] / medians["padded"]
-            verdict = "PASS" if speed >= 0.95 * limit else "FAIL"
-            lines += ["", f"- **{verdict}** packed vs padded >= 0.95 x padding-removal limit: {speed:.2f}x "
-                      f"(limit {limit:.2f}x, goal {0.95 * limit:.2f}x)"]
+            t = padding_removal_target(medians["packed"] / medians["padded"], limit)
+            lines += ["", f"- **{t['result']}** packed vs padded >= 0.95 x padding-removal limit: {t['value']:.2f}x "
+                      f"(limit {limit:.2f}x, goal {t['goal']:.2f}x)"]
     return lines
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", nargs="+", help="results.json files written by bench_train.py")
     args = p.parse_args(argv)

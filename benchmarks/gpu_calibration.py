@@ -1,4 +1,4 @@
-"""Calibrated token budget vs what really fits, on one GPU (issue 4's evidence).
+"""Calibrated token budget vs what really fits, on one GPU.
 
 For a ~0.5B and a ~1B Llama-config model trained with AdamW in bf16, each phase in a FRESH process
 (what a user's training run sees: no cached blocks or optimizer state left by another phase):
@@ -14,10 +14,9 @@ For a ~0.5B and a ~1B Llama-config model trained with AdamW in bf16, each phase 
    from the calibrated budget until one fails (or -3% while it fails), then bisection to
    ``--granularity`` tokens; calibrated / fits is the efficiency (target >= 90%).
 
-    python setup.py build_ext --inplace -q && PYTHONUNBUFFERED=1 python benchmarks/gpu_calibration.py \\
-        --out $OUT/calib --time-limit 540                              # GPU, both models, < 9 min
+    python benchmarks/gpu_calibration.py --out out/calib --time-limit 540     # GPU, both models, < 9 min
     ... --expandable-segments --static-shape --enforce-headroom      # the configuration that meets every target
-    python benchmarks/gpu_calibration.py --smoke                     # CPU: tiny model on the simulated device
+    python benchmarks/gpu_calibration.py --smoke                     # CPU: tiny model, simulated memory
 
 Writes ``gpu_calibration.json`` and ``gpu_calibration.md`` under ``--out`` (default ``$OUT`` or
 ``./out``) after every phase, so a timeout still leaves the phases that finished.
@@ -26,7 +25,6 @@ Writes ``gpu_calibration.json`` and ``gpu_calibration.md`` under ``--out`` (defa
 from __future__ import annotations
 
 import argparse
-import gc
 import inspect
 import json
 import os
@@ -34,17 +32,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, List, Optional, Tuple
 
 import torch
+from benchlib.calibration import SimulatedMemory, adversarial_batches
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
-import warppack  # noqa: E402  (registers attn_implementation="warppack")
-from warppack.memory.calibrate import calibrate  # noqa: E402
-from warppack.memory.step import TrainStep, make_batch  # noqa: E402
-from warppack.memory.device import CudaMemory, allocator_config, is_oom_error  # noqa: E402
-from simulated_device import adversarial_batches  # noqa: E402  (the streams, shared with the CPU tests)
+import warppack  # registers attn_implementation="warppack"
+from warppack.memory.calibrate import calibrate
+from warppack.memory.device import CudaMemory, allocator_config, is_oom_error
+from warppack.memory.step import TrainStep, make_batch
 
 VOCAB = 32000
 MODELS = {  # ~0.50B and ~1.10B parameters (untied embeddings)
@@ -67,20 +63,18 @@ def log(message: str) -> None:
 class Device:
     """Peaks and release on the real GPU, or on the simulated device (``--smoke``)."""
 
-    def __init__(self, smoke: bool):
+    def __init__(self, smoke: bool) -> None:
         self.smoke = smoke
+        self.memory: SimulatedMemory | CudaMemory
         if smoke:
-            from simulated_device import SimulatedDevice
-
-            self.memory = SimulatedDevice(total_bytes=2e5, static_bytes=2e4, per_token=300, per_square=2.0,
-                                          fragmentation=0.2)
+            self.memory = SimulatedMemory(total_bytes=2e5, static_bytes=2e4, per_token=300, per_square=2.0)
             self.torch_device = torch.device("cpu")
         else:
             self.memory = CudaMemory(0)
             self.torch_device = torch.device("cuda", 0)
         self.total = self.memory.total_bytes
 
-    def clean(self, model, optimizer) -> None:
+    def clean(self, model: Any, optimizer: torch.optim.Optimizer) -> None:
         """The state a fresh process is in after loading the model: no optimizer state, no gradients,
         no cached blocks, peak counters reset."""
         optimizer.state.clear()
@@ -92,8 +86,8 @@ class Device:
 
     def uncap(self) -> None:
         """Undo ``calibrate(enforce_headroom=True)``'s allocator cap."""
-        if self.smoke:
-            self.memory.limit = float(self.total)
+        if isinstance(self.memory, SimulatedMemory):
+            self.memory.uncap()
         else:
             torch.cuda.set_per_process_memory_fraction(1.0, self.torch_device)
 
@@ -109,7 +103,7 @@ class Device:
                 "peak_not_free_fraction": self.memory.peak_bytes() / self.total}
 
 
-def build(arch: dict, device: Device, max_seq_len: int):
+def build(arch: dict, device: Device, max_seq_len: int) -> Tuple[Any, torch.optim.Optimizer, torch.dtype]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     dtype = torch.float32 if device.smoke else torch.bfloat16
@@ -117,17 +111,18 @@ def build(arch: dict, device: Device, max_seq_len: int):
                          use_cache=False, tie_word_embeddings=False, **arch)
     torch.manual_seed(0)
     with torch.device(device.torch_device):
-        model = LlamaForCausalLM(config)
+        model: Any = LlamaForCausalLM(config)
     model.to(dtype=dtype)
     model.set_attn_implementation("warppack")
     model.train()
-    if device.smoke:
+    if isinstance(device.memory, SimulatedMemory):
         device.memory.attach(model)
     device.release()  # the fp32 copy made at construction
     return model, torch.optim.AdamW(model.parameters(), lr=1e-5), dtype
 
 
-def run_step(step, lengths, budget, collator, vocab, device) -> bool:
+def run_step(step: TrainStep, lengths: List[int], budget: int, collator: warppack.PackedCollator, vocab: int,
+             device: Device) -> bool:
     """One training step on a batch of ``lengths``; False on out-of-memory (memory released)."""
     try:
         step(make_batch(lengths, budget, collator, vocab, device.torch_device))
@@ -142,7 +137,8 @@ def run_step(step, lengths, budget, collator, vocab, device) -> bool:
     return ok
 
 
-def adversarial_pass(model, optimizer, budget, args, collator, device) -> dict:
+def adversarial_pass(model: Any, optimizer: torch.optim.Optimizer, budget: int, args: argparse.Namespace,
+                     collator: warppack.PackedCollator, device: Device) -> dict:
     """The three streams back to back from a clean state; OOMs, steps and peaks."""
     device.clean(model, optimizer)
     step = TrainStep(model, optimizer, None, None, accumulate=False)
@@ -157,7 +153,8 @@ def adversarial_pass(model, optimizer, budget, args, collator, device) -> dict:
             "seconds": time.perf_counter() - began}
 
 
-def accelerate_search(model, optimizer, max_seq_len, device, start) -> dict:
+def accelerate_search(model: Any, optimizer: torch.optim.Optimizer, max_seq_len: int, device: Device,
+                      start: int) -> dict:
     from accelerate.utils import find_executable_batch_size
 
     device.clean(model, optimizer)
@@ -185,7 +182,7 @@ def accelerate_search(model, optimizer, max_seq_len, device, start) -> dict:
             "seconds": time.perf_counter() - began}
 
 
-def worker(args) -> None:
+def worker(args: argparse.Namespace) -> None:
     """One phase for one model, in this (fresh) process; results go to ``--result`` as they come."""
     result = Path(args.result)
     device = Device(args.smoke)
@@ -257,7 +254,7 @@ def worker(args) -> None:
 
 
 # ---- the parent: one fresh process per phase -------------------------------------------------------
-def run_phase(phase, name, args, seconds, budget=None) -> dict:
+def run_phase(phase: str, name: str, args: argparse.Namespace, seconds: float, budget: Optional[int] = None) -> dict:
     out = Path(args.out)
     result = out / f".{name}.{phase}.json"
     result.unlink(missing_ok=True)
@@ -297,7 +294,7 @@ def summarise(row: dict) -> None:
         row["calibrated_over_fits"] = row["calibrated"] / fits["largest_fitting"]
 
 
-def markdown(rows, meta) -> str:
+def markdown(rows: List[dict], meta: dict) -> str:
     lines = [f"# Token budget calibration ({meta['device']}, torch {meta['torch']}, transformers {meta['transformers']})",
              "", f"max_seq_len {meta['max_seq_len']}, AdamW, {rows[0].get('dtype', '') if rows else ''}, allocator "
              f"conf {meta['allocator_conf'] or '(default)'}, "
@@ -328,7 +325,7 @@ def markdown(rows, meta) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="CPU: tiny model on the simulated device")
     parser.add_argument("--models", default=None, help=f"comma-separated subset of {list(MODELS)}")

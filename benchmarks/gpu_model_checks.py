@@ -10,11 +10,12 @@
    fp32 eager forward (compiled must be no further than 1.5x eager's error, or within 1e-2); packed
    vs each sequence alone through the same compiled graph within 1e-2; which attention op is in the
    graph. Then a diagnosis: compiled vs eager again with Inductor's ``emulate_precision_casts``.
-4. ``--benchmark``: ``bench_attention.py``, attention-only and ~1B Llama fwd+bwd, four methods.
+4. ``--benchmark``: the attention benchmark (``bench_attention.py``): attention alone and ~1B Llama
+   fwd+bwd, four methods.
 
-Builds nothing: run it from the repository root after building the extension in place::
+Run it where warppack is installed (``pip install -e .``)::
 
-    python setup.py build_ext --inplace -q && python benchmarks/gpu_model_checks.py --out out/gpu
+    python benchmarks/gpu_model_checks.py --out out/gpu
     python benchmarks/gpu_model_checks.py --smoke --out /tmp/smoke   # CPU, fp32: checks the script itself
 
 Writes ``gpu_model_checks.json`` and ``gpu_model_checks.md`` into ``--out`` (default ``$OUT`` or
@@ -31,33 +32,33 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(Path(__file__).resolve().parent)]
+import torch
+from benchlib import attention as attention_benchmark
+from benchlib.families import FAMILIES, SHAPE, family_model, random_sequences
 
-import torch  # noqa: E402
+import warppack
+from warppack.attention import dispatch
 
-import bench_attention  # noqa: E402
-import warppack  # noqa: E402
-from warppack.attention import dispatch as _attention  # noqa: E402
-
-SHAPES = dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, head_dim=64)
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gpt_oss")
 EXACT_ONLY = {"gemma2": "softcap", "gpt_oss": "attention sinks"}  # no fused kernel without flash-attn
 COMPILE_FACTOR = 1.5  # compiled bf16 may be this much further from fp32 than eager bf16 (or within tol)
 
 
 class Run:
-    def __init__(self, smoke: bool):
+    def __init__(self, smoke: bool) -> None:
         self.smoke = smoke
         self.device = "cpu" if smoke else "cuda"
         self.dtype = torch.float32 if smoke else torch.bfloat16
         self.tol = 1e-4 if smoke else 1e-2
         # What the automatic choice must be: torch's varlen kernel, unless flash-attn is installed there.
-        self.fused = "exact_segments" if smoke else "flash_attn" if _attention._kernels()["flash_attn"] else "torch_varlen"
-        self.results, self.failures, self.start, self.seconds = {}, [], time.time(), {}
+        self.fused = "exact_segments" if smoke else "flash_attn" if dispatch._kernels()["flash_attn"] else "torch_varlen"
+        self.results: Dict[str, Any] = {}
+        self.failures: List[str] = []
+        self.seconds: Dict[str, float] = {}
+        self.start = time.time()
 
-    def section(self, name, fn):
+    def section(self, name: str, fn: Callable[[], Any]) -> None:
         print(f"\n== {name} ({time.time() - self.start:.0f}s)", flush=True)
         start = time.time()
         try:
@@ -68,7 +69,7 @@ class Run:
             self.failures.append(f"{name}: {type(error).__name__}: {str(error)[:300]}")
         self.seconds[name] = round(time.time() - start, 1)
 
-    def expect(self, ok: bool, what: str):
+    def expect(self, ok: bool, what: str) -> None:
         print(f"  [{'ok' if ok else 'FAIL'}] {what}", flush=True)
         if not ok:
             self.failures.append(what)
@@ -77,27 +78,33 @@ class Run:
 class Backends:
     """Collects every kernel name warppack records during a block (a model runs many layers)."""
 
-    def __enter__(self):
-        self.names, self._orig = set(), _attention._record
-        _attention._record = lambda name: (self.names.add(name), self._orig(name))
+    def __enter__(self) -> "Backends":
+        self.names: Set[str] = set()
+        self._orig = dispatch._record
+
+        def record(name: str) -> None:
+            self.names.add(name)
+            self._orig(name)
+
+        dispatch._record = record
         return self
 
-    def __exit__(self, *exc):
-        _attention._record = self._orig
+    def __exit__(self, *exc: object) -> None:
+        dispatch._record = self._orig
 
 
-def rel(a, b) -> float:
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     """max|a-b| / max|b| (one outlier logit decides it: reported, not the pass criterion for models)."""
     return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12)).item()
 
 
-def nrel(a, b) -> float:
+def nrel(a: torch.Tensor, b: torch.Tensor) -> float:
     """||a-b||_F / ||b||_F: the relative error of the whole tensor (the models' pass criterion)."""
     a, b = a.double(), b.double()
     return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
 
 
-def seq_errors(packed, alone, lengths) -> dict:
+def seq_errors(packed: torch.Tensor, alone: torch.Tensor, lengths: Sequence[int]) -> dict:
     """||diff||/||ref|| over all real tokens (the criterion), the worst single sequence's (a 1-token
     sequence is one bf16 logit vector: a few ulps, or a flipped MoE route, decide it), max-relative and
     mean |diff|."""
@@ -109,7 +116,8 @@ def seq_errors(packed, alone, lengths) -> dict:
             "mean_abs_error": (packed.float() - alone.float()).abs().mean().item()}
 
 
-def reference(q, k, v, lengths, window=None):
+def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: Sequence[int],
+              window: Optional[int] = None) -> torch.Tensor:
     """Per-sequence causal attention in float64 (kv heads repeated)."""
     outs, start, groups = [], 0, q.shape[1] // k.shape[1]
     for n in lengths:
@@ -149,7 +157,8 @@ def kernel_checks(run: Run) -> dict:
         ref = reference(rq, rk, rv, lengths, window)
         ref.square().sum().backward()
         err = rel(got, ref)
-        grad_err = max(rel(a.grad, b.grad) for a, b in ((qq, rq), (kk, rk), (vv, rv)))
+        grad_err = max(rel(a.grad, b.grad) for a, b in ((qq, rq), (kk, rk), (vv, rv))
+                       if a.grad is not None and b.grad is not None)
         out[name] = {"backend": backend, "rel_error": err, "grad_rel_error": grad_err}
         want = forced or run.fused
         run.expect(backend == want and err <= run.tol,
@@ -159,19 +168,19 @@ def kernel_checks(run: Run) -> dict:
         got = warppack.varlen_attention(qq, k, v, cu, dropout=0.1)
         got.float().sum().backward()
         out["dropout"] = {"backend": warppack.attention_backend()}
-        run.expect(warppack.attention_backend() == "aten_flash" and bool(torch.isfinite(qq.grad).all()),
+        finite = qq.grad is not None and bool(torch.isfinite(qq.grad).all())
+        run.expect(warppack.attention_backend() == "aten_flash" and finite,
                    f"dropout 0.1 ran through {warppack.attention_backend()}, finite grads")
     return out
 
 
 def model_checks(run: Run) -> dict:
-    from model_helpers import random_sequences, tiny_model
-
-    budget, out = 1024, {}
+    budget = 1024
+    out: Dict[str, Any] = {}
     batches = [([1, 37, 300, 686], False), ([budget], False), ([1, 37, 300], True)]  # last: static tail
     for family in FAMILIES:
-        model = tiny_model(family, **SHAPES).to(run.device, run.dtype)
-        row = {}
+        model = family_model(family).to(run.device, run.dtype)
+        row: Dict[str, Any] = {}
         for lengths, static in batches:
             collate = warppack.PackedCollator(budget, static_shape=static, max_sequences=8)
             seqs = [s.to(run.device) for s in random_sequences(lengths, seed=len(lengths))]
@@ -215,12 +224,13 @@ def model_checks(run: Run) -> dict:
         ref.backward()
         model.set_attn_implementation("warppack")
         row["loss_rel_error"] = abs(loss.item() - ref.item()) / abs(ref.item())
-        row["grad_rel_error_max"] = max(rel(p.grad, grads[n]) for n, p in model.named_parameters() if n in grads)
+        row["grad_rel_error_max"] = max(rel(p.grad, grads[n]) for n, p in model.named_parameters()
+                                        if n in grads and p.grad is not None)
         print(f"  {family}: loss rel error {row['loss_rel_error']:.1e}, worst parameter grad {row['grad_rel_error_max']:.1e}")
         run.expect(row["loss_rel_error"] <= run.tol, f"{family}: packed loss within {run.tol:g} of the token-weighted mean")
         out[family] = row
     # Ordinary batches still work: left padding + 2-D mask, then KV-cache generation past the window.
-    model = tiny_model("mistral", **SHAPES).to(run.device, run.dtype)
+    model = family_model("mistral").to(run.device, run.dtype)
     seqs = random_sequences([40, 9], seed=5)
     ids = torch.zeros(2, 40, dtype=torch.long)
     mask = torch.zeros(2, 40, dtype=torch.long)
@@ -243,7 +253,7 @@ def model_checks(run: Run) -> dict:
     run.expect(used.names == {"exact_masked"} and nrel(got, expected) <= run.tol and generated.shape[1] == 48,
                f"padded batch + generate: kernels {sorted(used.names)}, ||diff||/||ref|| vs sdpa {nrel(got, expected):.1e} "
                f"(max-rel {rel(got, expected):.1e}; vs eager {nrel(got, refs['eager']):.1e})")
-    report = warppack.check_model(tiny_model("llama", **SHAPES).to(run.device, run.dtype))
+    report = warppack.check_model(family_model("llama").to(run.device, run.dtype))
     out["check_model"] = report
     run.expect(report.get("backend") == run.fused, f"check_model passes (backend {report.get('backend')})")
     return out
@@ -252,15 +262,15 @@ def model_checks(run: Run) -> dict:
 COMPOSITIONS = ([5, 90, 3, 300], [512], [1, 2, 3, 4, 5, 6, 7, 8], [400, 1], [64] * 8)
 
 
-def ratio(row) -> str:
+def ratio(row: dict) -> str:
     return "-" if row["ratio"] is None else f"{row['ratio']:.2f}"
 
 
-def graph_kernels(graphs) -> list:
+def graph_kernels(graphs: Sequence[Any]) -> list:
     """Attention ops inside dynamo's graphs (warppack's Python side effects do not run in them)."""
     names = {"_varlen_attn": "torch_varlen", "_flash_attention_forward": "aten_flash", "flash_attn": "flash_attn",
              "scaled_dot_product_attention": "sdpa (exact_block_diagonal)"}
-    found = set()
+    found: Set[str] = set()
     for graph in graphs:
         for node in graph.graph.nodes:
             target = str(node.target) if node.op == "call_function" else ""
@@ -274,9 +284,7 @@ def compile_check(run: Run) -> dict:
     from torch._dynamo.testing import CompileCounterWithBackend
     from torch._dynamo.utils import counters
 
-    from model_helpers import random_sequences, tiny_model
-
-    ref32 = tiny_model("llama", **SHAPES).to(run.device)  # fp32, warppack attention (exact_segments in fp32)
+    ref32 = family_model("llama").to(run.device)  # fp32, warppack attention (exact_segments in fp32)
     model = copy.deepcopy(ref32).to(run.dtype).train()
     ref32.load_state_dict(model.state_dict())  # the same bf16-rounded weights: only the arithmetic differs
     collate = warppack.PackedCollator(512, static_shape=True, max_sequences=16)
@@ -341,12 +349,10 @@ def compile_check(run: Run) -> dict:
     return result
 
 
-def emulated_compile(run: Run, model, collate) -> dict:
+def emulated_compile(run: Run, model: Any, collate: warppack.PackedCollator) -> dict:
     """Diagnosis, not a check: Inductor with ``emulate_precision_casts`` rounds fused intermediates to bf16
     like eager does. If compiled then matches eager closely, the compiled-vs-eager gap is fusion rounding."""
     import torch._inductor.config as inductor_config
-
-    from model_helpers import random_sequences
 
     if not hasattr(inductor_config, "emulate_precision_casts"):
         return {"skipped": f"torch {torch.__version__} has no inductor emulate_precision_casts"}
@@ -365,7 +371,7 @@ def emulated_compile(run: Run, model, collate) -> dict:
 def environment(run: Run) -> dict:
     import transformers
 
-    found = _attention._kernels()
+    found = dispatch._kernels()
     env = {"torch": torch.__version__, "transformers": transformers.__version__, "smoke": run.smoke,
            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
            "flash_attn": found["flash_attn"] is not None,
@@ -419,7 +425,7 @@ def compile_markdown(run: Run) -> list:
         return []
     steps = result["step_s"]
     lines = ["", "## torch.compile", "",
-             f"Llama {SHAPES}, {run.dtype}, static_shape batches of 512 tokens, one training step (fwd+bwd) per "
+             f"Llama {SHAPE}, {run.dtype}, static_shape batches of 512 tokens, one training step (fwd+bwd) per "
              f"composition: {result['graphs']} graph(s), recompiles {result['recompiles'] or 'none'}, graph breaks "
              f"{result['graph_breaks'] or 'none'}; attention ops in the graph: {', '.join(result['graph_kernels']) or 'none'}. "
              f"First step {steps[0]:.1f} s (compile), then {sum(steps[1:]) / max(len(steps) - 1, 1) * 1e3:.0f} ms.", "",
@@ -442,7 +448,7 @@ def compile_markdown(run: Run) -> list:
     return lines
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "out"),
                         help="folder for gpu_model_checks.json and gpu_model_checks.md (default: $OUT or ./out)")
@@ -458,8 +464,8 @@ def main(argv=None) -> int:
     if not args.skip_compile:
         run.section("compile", lambda: compile_check(run))
     if args.benchmark:
-        setup = bench_attention.Setup.smoke() if args.smoke else bench_attention.Setup()
-        run.section("benchmark", lambda: bench_attention.run(setup))
+        setup = attention_benchmark.Setup.smoke() if args.smoke else attention_benchmark.Setup()
+        run.section("benchmark", lambda: attention_benchmark.run(setup))
     write(run, args.out)
     return 1 if run.failures else 0
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# One device call for issues 2 and 3: build the extension on the GPU machine, then the model checks
-# (kernels, seven families packed vs alone, torch.compile, the attention/model benchmark) and the
-# collator benchmark on the host's quiet cores. Output under $OUT.
+# The GPU checks of the model integration, from the repository root of a CUDA machine: builds the
+# extension in place, then the model checks (kernels, seven families packed vs alone, torch.compile,
+# the attention/model benchmark) and the collator benchmark pinned to one host core. Output under $OUT.
 set -uo pipefail
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 OUT=${OUT:-./out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/versions.txt"
 python -c "import torch, transformers, accelerate; print('torch', torch.__version__, 'cuda', torch.version.cuda); print('transformers', transformers.__version__, 'accelerate', accelerate.__version__)" | tee -a "$OUT/versions.txt"

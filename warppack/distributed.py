@@ -26,7 +26,10 @@ import torch.distributed as dist
 
 from warppack.engine.options import check_int
 
-__all__ = ["resolve_replicas", "equal_steps", "global_num_label_tokens", "is_distributed"]
+__all__ = ["MAX_REPLICAS", "equal_steps", "global_num_label_tokens", "is_distributed", "resolve_replicas"]
+
+#: More ranks than any job runs; a larger count is a mistake (a loader's grid has a slot per rank).
+MAX_REPLICAS = 1 << 20
 
 
 def is_distributed() -> bool:
@@ -42,7 +45,7 @@ def resolve_replicas(num_replicas: Optional[int], rank: Optional[int], *, owner:
     grouped = is_distributed()
     if num_replicas is None:
         num_replicas = dist.get_world_size() if grouped else 1
-    num_replicas = check_int(num_replicas, name="num_replicas", minimum=1)
+    num_replicas = check_int(num_replicas, name="num_replicas", minimum=1, maximum=MAX_REPLICAS)
     if rank is None:
         if grouped:
             rank = dist.get_rank()

@@ -3,7 +3,7 @@
     python docs/_scripts/figures.py            # writes docs/img/*.svg
     python docs/_scripts/figures.py --check    # exit 1 if a committed figure is out of date
 
-tests/test_docs.py runs the check, so the pictures never drift from this script.
+tests/project/test_docs.py runs the check, so the pictures never drift from this script.
 """
 
 from __future__ import annotations

@@ -73,27 +73,14 @@ def data(tmp_path_factory):
     return paths
 
 
-def _run(capsys, argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _assert_one_line_error(err: str, command: str = "stats") -> None:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"warppack {command}: error: "), err
-    assert "Traceback" not in err
-
-
 # -- stats: every input format -----------------------------------------------------------------
 
 
 @pytest.mark.parametrize("kind", ["npy", "jsonl", "parquet", "arrow", "datasets", "dsdict"])
-def test_stats_reads_every_format_with_the_same_numbers(data, kind, capsys, tmp_path):
+def test_stats_reads_every_format_with_the_same_numbers(data, kind, tmp_path, run_cli):
     if kind not in data:
         pytest.skip("datasets is not installed")
-    code, out, err = _run(capsys, ["stats", data[kind], "--max-tokens", 64, "--json", "--no-plot"])
+    code, out, err = run_cli(["stats", data[kind], "--max-tokens", 64, "--json", "--no-plot"])
     assert code == 0, err
     result = json.loads(out)
     assert result["examples"] == len(LENGTHS)
@@ -108,9 +95,9 @@ def test_stats_reads_every_format_with_the_same_numbers(data, kind, capsys, tmp_
         assert any("split 'train'" in note for note in result["notes"])
 
 
-def test_stats_table_report(data, capsys, tmp_path):
+def test_stats_table_report(data, tmp_path, run_cli):
     pytest.importorskip("matplotlib")
-    code, out, err = _run(capsys, ["stats", data["parquet"], "--max-tokens", 64, "--batch-size", 4, "--plot", tmp_path / "p.png"])
+    code, out, err = run_cli(["stats", data["parquet"], "--max-tokens", 64, "--batch-size", 4, "--plot", tmp_path / "p.png"])
     assert code == 0, err
     for needle in ("bfd", "ffd", "online", "efficiency", "pad to max", "dynamic padding (random batches of 4, --batch-size",
                    "speed-up limit", "recommended budget: --max-tokens", f"plot: {tmp_path / 'p.png'}"):
@@ -119,8 +106,8 @@ def test_stats_table_report(data, capsys, tmp_path):
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_stats_numbers_match_definitions(data, capsys):
-    code, out, _ = _run(capsys, ["stats", data["npy"], "--max-tokens", 64, "--batch-size", 4, "--json", "--no-plot"])
+def test_stats_numbers_match_definitions(data, run_cli):
+    code, out, _ = run_cli(["stats", data["npy"], "--max-tokens", 64, "--batch-size", 4, "--json", "--no-plot"])
     assert code == 0
     r = json.loads(out)
     tokens = int(LENGTHS.sum())
@@ -147,54 +134,54 @@ def test_dynamic_padding_slots_by_hand():
     assert 15 <= slots <= 25
 
 
-def test_stats_integer_column_is_taken_as_lengths(data, capsys):
-    code, out, _ = _run(capsys, ["stats", data["parquet"], "--max-tokens", 64, "--column", "n", "--json", "--no-plot"])
+def test_stats_integer_column_is_taken_as_lengths(data, run_cli):
+    code, out, _ = run_cli(["stats", data["parquet"], "--max-tokens", 64, "--column", "n", "--json", "--no-plot"])
     assert code == 0
     r = json.loads(out)
     assert r["tokens"] == int(LENGTHS.sum())
     assert any("taken as the lengths" in note for note in r["notes"])
 
 
-def test_stats_overlong_policies(data, capsys):
-    code, out, _ = _run(capsys, ["stats", data["npy"], "--max-tokens", 32, "--json", "--no-plot"])
+def test_stats_overlong_policies(data, run_cli, one_line_error):
+    code, out, _ = run_cli(["stats", data["npy"], "--max-tokens", 32, "--json", "--no-plot"])
     assert code == 0
     r = json.loads(out)
     over = int((LENGTHS > 32).sum())
     assert r["longer_than_budget"] == over and r["overlong"] == "truncate"
     assert r["tokens_cut"] == int(np.maximum(LENGTHS - 32, 0).sum())
-    code, out, _ = _run(capsys, ["stats", data["npy"], "--max-tokens", 32, "--overlong", "split", "--json", "--no-plot"])
+    code, out, _ = run_cli(["stats", data["npy"], "--max-tokens", 32, "--overlong", "split", "--json", "--no-plot"])
     r = json.loads(out)
     assert code == 0 and r["tokens"] == int(LENGTHS.sum()) and r["sequences"] > len(LENGTHS)
-    code, out, err = _run(capsys, ["stats", data["npy"], "--max-tokens", 32, "--overlong", "error"])
+    code, out, err = run_cli(["stats", data["npy"], "--max-tokens", 32, "--overlong", "error"])
     assert code == EXIT_USAGE
-    _assert_one_line_error(err)
+    one_line_error(err)
     assert "longer than --max-tokens 32" in err
 
 
-def test_stats_table_warns_about_truncation(data, capsys):
-    code, out, _ = _run(capsys, ["stats", data["npy"], "--max-tokens", 32, "--no-plot"])
+def test_stats_table_warns_about_truncation(data, run_cli):
+    code, out, _ = run_cli(["stats", data["npy"], "--max-tokens", 32, "--no-plot"])
     assert code == 0
     assert "longer than the budget: truncated" in out
 
 
-def test_stats_empty_examples_are_ignored_with_a_note(tmp_path, capsys):
+def test_stats_empty_examples_are_ignored_with_a_note(tmp_path, run_cli):
     np.save(tmp_path / "l.npy", np.array([0, 4, 0, 7]))
-    code, out, _ = _run(capsys, ["stats", tmp_path / "l.npy", "--max-tokens", 16, "--no-plot"])
+    code, out, _ = run_cli(["stats", tmp_path / "l.npy", "--max-tokens", 16, "--no-plot"])
     assert code == 0
     assert "2 empty examples ignored" in out
 
 
-def test_stats_default_plot_goes_next_to_the_data(tmp_path, capsys):
+def test_stats_default_plot_goes_next_to_the_data(tmp_path, run_cli):
     pytest.importorskip("matplotlib")
     np.save(tmp_path / "l.npy", LENGTHS)
-    code, out, _ = _run(capsys, ["stats", tmp_path / "l.npy", "--max-tokens", 64])
+    code, out, _ = run_cli(["stats", tmp_path / "l.npy", "--max-tokens", 64])
     assert code == 0
     target = tmp_path / "l.npy-warppack-stats.png"
     assert target.is_file()
     assert f"plot: {target} (next to the data)" in out
 
 
-def test_stats_without_matplotlib(tmp_path, capsys, monkeypatch):
+def test_stats_without_matplotlib(tmp_path, monkeypatch, run_cli, one_line_error):
     from warppack.cli import plots as _plots
 
     def missing():
@@ -202,12 +189,12 @@ def test_stats_without_matplotlib(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(_plots, "_figure_class", missing)
     np.save(tmp_path / "l.npy", LENGTHS)
-    code, out, _ = _run(capsys, ["stats", tmp_path / "l.npy", "--max-tokens", 64])
+    code, out, _ = run_cli(["stats", tmp_path / "l.npy", "--max-tokens", 64])
     assert code == 0  # the numbers still come; the plot is skipped with a note
     assert "no plot: matplotlib is not installed; pip install matplotlib" in out
-    code, _, err = _run(capsys, ["stats", tmp_path / "l.npy", "--max-tokens", 64, "--plot", tmp_path / "x.png"])
+    code, _, err = run_cli(["stats", tmp_path / "l.npy", "--max-tokens", 64, "--plot", tmp_path / "x.png"])
     assert code == EXIT_MISSING_DEPENDENCY
-    _assert_one_line_error(err)
+    one_line_error(err)
 
 
 def test_stats_large_input_uses_a_sample_for_the_sweep(monkeypatch):
@@ -223,91 +210,91 @@ def test_stats_large_input_uses_a_sample_for_the_sweep(monkeypatch):
 # -- stats: error paths and exit codes ---------------------------------------------------------
 
 
-def test_stats_bad_path(tmp_path, capsys):
-    code, _, err = _run(capsys, ["stats", tmp_path / "missing.parquet", "--max-tokens", 64])
+def test_stats_bad_path(tmp_path, run_cli, one_line_error):
+    code, _, err = run_cli(["stats", tmp_path / "missing.parquet", "--max-tokens", 64])
     assert code == EXIT_BAD_PATH
-    _assert_one_line_error(err)
+    one_line_error(err)
     assert "no such file or folder" in err
 
 
-def test_stats_unknown_format_and_plain_folder(tmp_path, capsys):
+def test_stats_unknown_format_and_plain_folder(tmp_path, run_cli, one_line_error):
     (tmp_path / "data.csv").write_text("a,b\n1,2\n")
-    code, _, err = _run(capsys, ["stats", tmp_path / "data.csv", "--max-tokens", 64])
+    code, _, err = run_cli(["stats", tmp_path / "data.csv", "--max-tokens", 64])
     assert code == EXIT_BAD_PATH
-    _assert_one_line_error(err)
+    one_line_error(err)
     (tmp_path / "folder").mkdir()
-    code, _, err = _run(capsys, ["stats", tmp_path / "folder", "--max-tokens", 64])
+    code, _, err = run_cli(["stats", tmp_path / "folder", "--max-tokens", 64])
     assert code == EXIT_BAD_PATH
-    _assert_one_line_error(err)
+    one_line_error(err)
     assert "save_to_disk" in err
 
 
 @pytest.mark.parametrize("suffix", ["parquet", "arrow", "jsonl", "npy"])
-def test_stats_corrupt_file(tmp_path, capsys, suffix):
+def test_stats_corrupt_file(tmp_path, suffix, run_cli, one_line_error):
     path = tmp_path / f"broken.{suffix}"
     path.write_bytes(b"\x00\x01 this is not a " + suffix.encode() + b" file {[")
-    code, _, err = _run(capsys, ["stats", path, "--max-tokens", 64])
+    code, _, err = run_cli(["stats", path, "--max-tokens", 64])
     assert code == EXIT_BAD_PATH, err
-    _assert_one_line_error(err)
+    one_line_error(err)
 
 
 @pytest.mark.parametrize("kind", ["jsonl", "parquet", "arrow", "datasets"])
-def test_stats_bad_column(data, capsys, kind):
+def test_stats_bad_column(data, kind, run_cli, one_line_error):
     if kind not in data:
         pytest.skip("datasets is not installed")
-    code, _, err = _run(capsys, ["stats", data[kind], "--max-tokens", 64, "--column", "nope"])
+    code, _, err = run_cli(["stats", data[kind], "--max-tokens", 64, "--column", "nope"])
     assert code == EXIT_BAD_COLUMN
-    _assert_one_line_error(err)
+    one_line_error(err)
     assert "'nope'" in err and "input_ids" in err  # names the column and lists the ones there
 
 
 @pytest.mark.parametrize("kind", ["parquet", "datasets"])
-def test_stats_text_column_is_refused(data, capsys, kind):
+def test_stats_text_column_is_refused(data, kind, run_cli, one_line_error):
     if kind not in data:
         pytest.skip("datasets is not installed")
-    code, _, err = _run(capsys, ["stats", data[kind], "--max-tokens", 64, "--column", "text"])
+    code, _, err = run_cli(["stats", data[kind], "--max-tokens", 64, "--column", "text"])
     assert code == EXIT_BAD_COLUMN
-    _assert_one_line_error(err)
+    one_line_error(err)
     assert "holds text" in err and "tokenize" in err
 
 
-def test_stats_npy_of_the_wrong_shape(tmp_path, capsys):
+def test_stats_npy_of_the_wrong_shape(tmp_path, run_cli, one_line_error):
     np.save(tmp_path / "l.npy", np.ones((3, 4), dtype=np.int64))
-    code, _, err = _run(capsys, ["stats", tmp_path / "l.npy", "--max-tokens", 64])
+    code, _, err = run_cli(["stats", tmp_path / "l.npy", "--max-tokens", 64])
     assert code == EXIT_BAD_COLUMN
-    _assert_one_line_error(err)
+    one_line_error(err)
     np.save(tmp_path / "f.npy", np.ones(3, dtype=np.float32))
-    code, _, err = _run(capsys, ["stats", tmp_path / "f.npy", "--max-tokens", 64])
+    code, _, err = run_cli(["stats", tmp_path / "f.npy", "--max-tokens", 64])
     assert code == EXIT_BAD_COLUMN
     np.save(tmp_path / "n.npy", np.array([3, -1]))
-    code, _, err = _run(capsys, ["stats", tmp_path / "n.npy", "--max-tokens", 64])
+    code, _, err = run_cli(["stats", tmp_path / "n.npy", "--max-tokens", 64])
     assert code == EXIT_BAD_COLUMN
     assert "negative" in err
 
 
-def test_stats_null_rows(tmp_path, capsys):
+def test_stats_null_rows(tmp_path, run_cli, one_line_error):
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq
 
     pq.write_table(pa.table({"input_ids": pa.array([[1, 2], None, [3]], type=pa.list_(pa.int64()))}), tmp_path / "n.parquet")
-    code, _, err = _run(capsys, ["stats", tmp_path / "n.parquet", "--max-tokens", 8])
+    code, _, err = run_cli(["stats", tmp_path / "n.parquet", "--max-tokens", 8])
     assert code == EXIT_BAD_COLUMN
-    _assert_one_line_error(err)
+    one_line_error(err)
     assert "null" in err
 
 
-def test_stats_nothing_to_pack(tmp_path, capsys):
+def test_stats_nothing_to_pack(tmp_path, run_cli, one_line_error):
     np.save(tmp_path / "empty.npy", np.zeros(0, dtype=np.int64))
-    code, _, err = _run(capsys, ["stats", tmp_path / "empty.npy", "--max-tokens", 64])
+    code, _, err = run_cli(["stats", tmp_path / "empty.npy", "--max-tokens", 64])
     assert code == EXIT_NOTHING_TO_PACK
-    _assert_one_line_error(err)
+    one_line_error(err)
     assert "nothing to pack" in err
     np.save(tmp_path / "zeros.npy", np.zeros(5, dtype=np.int64))
-    code, _, err = _run(capsys, ["stats", tmp_path / "zeros.npy", "--max-tokens", 64])
+    code, _, err = run_cli(["stats", tmp_path / "zeros.npy", "--max-tokens", 64])
     assert code == EXIT_NOTHING_TO_PACK
     assert "all 5 examples are empty" in err
     (tmp_path / "empty.jsonl").write_text(json.dumps({"input_ids": []}) + "\n")
-    code, _, err = _run(capsys, ["stats", tmp_path / "empty.jsonl", "--max-tokens", 64])
+    code, _, err = run_cli(["stats", tmp_path / "empty.jsonl", "--max-tokens", 64])
     assert code == EXIT_NOTHING_TO_PACK
 
 
@@ -316,49 +303,51 @@ def test_stats_nothing_to_pack(tmp_path, capsys):
     [["--max-tokens", "0"], ["--max-tokens", "-5"], ["--max-tokens", "64", "--batch-size", "0"],
      ["--max-tokens", "64", "--target-efficiency", "1.5"], ["--max-tokens", str(2**31)]],
 )
-def test_stats_bad_values(data, capsys, extra):
-    code, _, err = _run(capsys, ["stats", data["npy"], *extra])
+def test_stats_bad_values(data, extra, run_cli, one_line_error):
+    code, _, err = run_cli(["stats", data["npy"], *extra])
     assert code == EXIT_USAGE
-    _assert_one_line_error(err)
+    one_line_error(err)
 
 
-def test_stats_split_selection(data, capsys):
+def test_stats_split_selection(data, run_cli, one_line_error):
     if "ds_two" not in data:
         pytest.skip("datasets is not installed")
-    code, _, err = _run(capsys, ["stats", data["ds_two"], "--max-tokens", 64])
+    code, _, err = run_cli(["stats", data["ds_two"], "--max-tokens", 64])
     assert code == EXIT_USAGE
-    _assert_one_line_error(err)
+    one_line_error(err)
     assert "--split" in err and "'a'" in err
-    code, out, _ = _run(capsys, ["stats", data["ds_two"], "--max-tokens", 64, "--split", "b", "--json", "--no-plot"])
+    code, out, _ = run_cli(["stats", data["ds_two"], "--max-tokens", 64, "--split", "b", "--json", "--no-plot"])
     assert code == 0 and json.loads(out)["examples"] == len(LENGTHS)
-    code, _, err = _run(capsys, ["stats", data["ds_two"], "--max-tokens", 64, "--split", "zzz"])
+    code, _, err = run_cli(["stats", data["ds_two"], "--max-tokens", 64, "--split", "zzz"])
     assert code == EXIT_USAGE
 
 
-def test_stats_unwritable_plot(data, capsys, tmp_path):
+def test_stats_unwritable_plot(data, tmp_path, run_cli, one_line_error):
     pytest.importorskip("matplotlib")
     blocker = tmp_path / "file"
     blocker.write_text("")
-    code, _, err = _run(capsys, ["stats", data["npy"], "--max-tokens", 64, "--plot", blocker / "sub" / "p.png"])
+    code, _, err = run_cli(["stats", data["npy"], "--max-tokens", 64, "--plot", blocker / "sub" / "p.png"])
     assert code == EXIT_BAD_PATH
-    _assert_one_line_error(err)
+    one_line_error(err)
 
 
 def test_missing_required_argument_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["stats"])
     assert exit_info.value.code == EXIT_USAGE
-    assert "--max-tokens" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--max-tokens" in err  # the usage line shows the option ...
+    assert "required: DATA" in err  # ... and DATA is what is missing (--max-tokens is optional)
 
 
-def test_unexpected_errors_are_one_line(monkeypatch, data, capsys):
+def test_unexpected_errors_are_one_line(monkeypatch, data, run_cli, one_line_error):
     def boom(*args, **kwargs):
         raise RuntimeError("something\nbroke")
 
     monkeypatch.setattr(_stats, "compute_stats", boom)
-    code, _, err = _run(capsys, ["stats", data["npy"], "--max-tokens", 64])
+    code, _, err = run_cli(["stats", data["npy"], "--max-tokens", 64])
     assert code == EXIT_FAILURE
-    _assert_one_line_error(err)
+    one_line_error(err)
     assert "WARPPACK_DEBUG" in err
 
 
@@ -388,7 +377,7 @@ def test_demo_is_wired_to_the_demo_module():
     assert args.handler is _demo.run and args.steps == 3
 
 
-def test_console_script_in_a_subprocess(data, tmp_path):
+def test_console_script_in_a_subprocess(data, tmp_path, one_line_error):
     """What a shell script sees: exit code, one-line stderr, and no progress bar when piped."""
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     env = dict(os.environ, WARPPACK_PROGRESS="", PYTHONPATH=path)  # this checkout, installed or not
@@ -405,7 +394,7 @@ def test_console_script_in_a_subprocess(data, tmp_path):
     )
     assert bad.returncode == EXIT_BAD_PATH
     assert bad.stdout == ""
-    _assert_one_line_error(bad.stderr)
+    one_line_error(bad.stderr)
     version = subprocess.run(
         [sys.executable, "-m", "warppack", "--version"], capture_output=True, text=True, env=env, timeout=300
     )
@@ -427,34 +416,34 @@ def tiny_model_dir(tmp_path_factory):
     return path
 
 
-def test_calibrate_bad_path(tmp_path, capsys):
-    code, _, err = _run(capsys, ["calibrate", tmp_path / "nope"])
+def test_calibrate_bad_path(tmp_path, run_cli, one_line_error):
+    code, _, err = run_cli(["calibrate", tmp_path / "nope"])
     assert code == EXIT_BAD_PATH
-    _assert_one_line_error(err, "calibrate")
-    code, _, err = _run(capsys, ["calibrate", tmp_path])  # a folder without a model
+    one_line_error(err, "calibrate")
+    code, _, err = run_cli(["calibrate", tmp_path])  # a folder without a model
     assert code == EXIT_BAD_PATH
     assert "config.json" in err
 
 
-def test_calibrate_bad_values(tiny_model_dir, capsys):
+def test_calibrate_bad_values(tiny_model_dir, run_cli, one_line_error):
     for extra in (["--max-seq-len", "0"], ["--headroom", "1.5"], ["--pad-to-multiple-of", "-8"],
                   ["--max-sequences", "8"], ["--static-shape", "--max-sequences", "0"]):
-        code, _, err = _run(capsys, ["calibrate", tiny_model_dir, *extra])
+        code, _, err = run_cli(["calibrate", tiny_model_dir, *extra])
         assert code == EXIT_USAGE, extra
-        _assert_one_line_error(err, "calibrate")
+        one_line_error(err, "calibrate")
 
 
-def test_calibrate_without_cuda_exits_cleanly(tiny_model_dir, capsys, monkeypatch):
+def test_calibrate_without_cuda_exits_cleanly(tiny_model_dir, monkeypatch, run_cli, one_line_error):
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    code, out, err = _run(capsys, ["calibrate", tiny_model_dir, "--max-seq-len", "64"])
+    code, out, err = run_cli(["calibrate", tiny_model_dir, "--max-seq-len", "64"])
     assert code == EXIT_NO_DEVICE
-    _assert_one_line_error(err, "calibrate")
+    one_line_error(err, "calibrate")
     assert "no CUDA device" in err and out == ""
 
 
-def test_calibrate_calls_the_calibrator_by_name(tiny_model_dir, capsys, monkeypatch):
+def test_calibrate_calls_the_calibrator_by_name(tiny_model_dir, monkeypatch, run_cli):
     """With CUDA faked (the model stays on the CPU), the command wires calibrate_token_budget."""
     import inspect
 
@@ -479,7 +468,7 @@ def test_calibrate_calls_the_calibrator_by_name(tiny_model_dir, capsys, monkeypa
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "Fake GPU")
     monkeypatch.setattr(_cli_calibrate, "_to_device", lambda model: model)
-    code, out, err = _run(capsys, ["calibrate", tiny_model_dir, "--headroom", "0.1", "--no-cache", "--json"])
+    code, out, err = run_cli(["calibrate", tiny_model_dir, "--headroom", "0.1", "--no-cache", "--json"])
     assert code == 0, err
     assert json.loads(out) == {"max_tokens": 4096, "model": str(tiny_model_dir), "max_seq_len": 128, "device": "Fake GPU"}
     assert seen["max_seq_len"] == 128  # from max_position_embeddings
@@ -487,17 +476,17 @@ def test_calibrate_calls_the_calibrator_by_name(tiny_model_dir, capsys, monkeypa
     assert isinstance(seen["optimizer"], torch.optim.AdamW)
     assert seen["model"].config._attn_implementation == "warppack"
     assert seen["collator"] is None
-    code, out, _ = _run(capsys, ["calibrate", tiny_model_dir, "--max-seq-len", "64", "--pad-to-multiple-of", "64"])
+    code, out, _ = run_cli(["calibrate", tiny_model_dir, "--max-seq-len", "64", "--pad-to-multiple-of", "64"])
     assert code == 0 and "token budget: 4,096 tokens per batch" in out and seen["max_seq_len"] == 64
     assert seen["collator"].pad_to_multiple_of == 64
-    code, out, _ = _run(capsys, ["calibrate", tiny_model_dir, "--pad-to-multiple-of", "64", "--static-shape",
+    code, out, _ = run_cli(["calibrate", tiny_model_dir, "--pad-to-multiple-of", "64", "--static-shape",
                                  "--max-sequences", "32"])
     assert code == 0 and "PackedCollator(max_tokens=4096, static_shape=True, max_sequences=32)" in out
     assert seen["collator"].static_shape and seen["collator"].max_sequences == 32
     assert seen["collator"].pad_to_multiple_of == 64
 
 
-def test_calibrate_errors_from_the_calibrator_are_one_line(tiny_model_dir, capsys, monkeypatch):
+def test_calibrate_errors_from_the_calibrator_are_one_line(tiny_model_dir, monkeypatch, run_cli, one_line_error):
     import torch
 
     from warppack.cli import calibrate as _cli_calibrate
@@ -508,11 +497,11 @@ def test_calibrate_errors_from_the_calibrator_are_one_line(tiny_model_dir, capsy
     monkeypatch.setattr("warppack.memory.calibrate.calibrate_token_budget", fails, raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(_cli_calibrate, "_to_device", lambda model: model)
-    code, _, err = _run(capsys, ["calibrate", tiny_model_dir])
+    code, _, err = run_cli(["calibrate", tiny_model_dir])
     assert code == EXIT_USAGE
-    _assert_one_line_error(err, "calibrate")
+    one_line_error(err, "calibrate")
     assert "90 GiB" in err
-    code, _, err = _run(capsys, ["calibrate", tiny_model_dir, "--headroom", "0.2"])  # fails() takes no headroom
+    code, _, err = run_cli(["calibrate", tiny_model_dir, "--headroom", "0.2"])  # fails() takes no headroom
     assert code == EXIT_USAGE and "--headroom is not supported" in err
 
 

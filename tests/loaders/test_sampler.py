@@ -248,6 +248,51 @@ def test_resume_on_another_world_size_keeps_exactly_once(worlds):
     assert len(samplers[0]) == sum(total_steps)
 
 
+REFUSED = "This state was not saved by this sampler"
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"history": [[3, 99]]}, r"field history\[0\] = \[3, 99\]: epoch 0 has only \d+ steps on 3 ranks"),
+    ({"step": 99}, r"field step = 99: epoch 0 has only \d+ steps on 2 ranks"),
+    ({"num_replicas": 3, "step": 99}, r"field step = 99: epoch 0 has only \d+ steps on 3 ranks"),
+    ({"epoch": "1"}, r"field epoch = '1': expected an int, got str"),
+    ({"epoch": -1}, r"field epoch = -1: out of range \(expected an int from 0 to"),
+    ({"step": 2.0}, r"field step = 2.0: expected an int, got float"),
+    ({"num_replicas": 0}, r"field num_replicas = 0: out of range"),
+    ({"num_replicas": 2**40}, r"field num_replicas = 1099511627776: out of range"),
+    ({"rank": 5}, r"field rank = 5: out of range \(expected an int from 0 to 1\)"),
+    ({"history": "[]"}, r"field history = '\[\]': expected a list, got str"),
+    ({"history": [[2]]}, r"field history\[0\] = \[2\]: expected 2 entries, got 1"),
+    ({"history": [[3, 0]]}, r"field history\[0\]\[1\] \(steps\) = 0: out of range"),
+    ({"history": [[None, 2]]}, r"field history\[0\]\[0\] \(num_replicas\) = None: expected an int"),
+])
+def test_saved_state_fields_are_checked_before_use(change, match):
+    """A saved state is untrusted input: every field is type- and range-checked against this plan."""
+    lengths = np.random.default_rng(3).integers(1, 64, size=200)
+    sampler = PackedBatchSampler(lengths, 128, num_replicas=2, rank=0, seed=1)
+    state = sampler.state_dict()
+    before = list(PackedBatchSampler(lengths, 128, num_replicas=2, rank=0, seed=1))
+    with pytest.raises(ValueError, match=match) as info:
+        sampler.load_state_dict({**state, **change})
+    assert REFUSED in str(info.value)
+    assert list(sampler) == before and len(sampler) == len(before), "a refused state changes nothing"
+
+
+@pytest.mark.parametrize("field", ["epoch", "step", "history", "num_replicas", "rank", "seed", "drop_last"])
+def test_saved_state_missing_a_field_is_named(field):
+    sampler = PackedBatchSampler(np.arange(1, 40), 64)
+    state = sampler.state_dict()
+    del state[field]
+    with pytest.raises(ValueError, match=rf"'{field}' is missing|Mismatched fields: {field}: saved \(missing\)"):
+        sampler.load_state_dict(state)
+
+
+def test_saved_options_must_have_the_type_this_sampler_writes():
+    sampler = PackedBatchSampler(np.arange(1, 40), 64, shuffle=False)
+    with pytest.raises(ValueError, match="Mismatched fields: max_tokens: saved 64.0, this sampler 64"):
+        sampler.load_state_dict({**sampler.state_dict(), "max_tokens": 64.0})
+
+
 def test_finished_epoch_state_resumes_to_nothing_then_next_epoch():
     lengths = np.arange(1, 60)
     sampler = PackedBatchSampler(lengths, 128, seed=2)
@@ -294,7 +339,7 @@ def test_reconfiguring_mid_iteration_is_a_clear_error():
         next(it)
     with pytest.raises(AttributeError, match="max_tokens is fixed at construction"):
         sampler.max_tokens = 32
-    with pytest.raises(ValueError, match="set_epoch takes an int >= 0"):
+    with pytest.raises(ValueError, match="epoch must be an int >= 0"):
         sampler.set_epoch(-1)
 
 

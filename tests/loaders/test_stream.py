@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import types
 import warnings
 from collections import defaultdict
@@ -30,6 +31,11 @@ def span_examples(lengths):
 def spans(examples):
     """A collator that keeps only (example id, start, size) of every piece: cheap and inspectable."""
     return [(int(e["input_ids"][0]) // SCALE, int(e["input_ids"][0]) % SCALE, len(e["input_ids"])) for e in examples]
+
+
+def pid_spans(examples):
+    """``spans`` (as lists, as a DataLoader hands them over) and the process that collated them."""
+    return os.getpid(), [list(piece) for piece in spans(examples)]
 
 
 def interleave(per_worker):
@@ -237,6 +243,144 @@ def test_state_refused_for_other_options_and_other_splits():
     assert list(other)
 
 
+REFUSED = "This state was not saved by this dataset"
+
+
+def mid_epoch_state(make, batches=2):
+    ds = make()
+    it = iter(ds)
+    for _ in range(batches):
+        next(it)
+    return ds.state_dict()
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"cursor": 10**9}, r"field cursor = 1000000000: the shard of rank 0 of 1, worker 0 of 1 holds only 30 of the 30"),
+    ({"epoch": -1}, r"field epoch = -1: out of range"),
+    ({"epoch": None}, r"field epoch = None: expected an int, got NoneType"),
+    ({"flushed": "no"}, r"field flushed = 'no': expected True or False, got str"),
+    ({"yielded": 1.5}, r"field yielded = 1.5: expected an int, got float"),
+    ({"empties_done": 1}, r"field empties_done = 1: empty batches come only after the stream ended"),
+    ({"num_workers": 0}, r"field num_workers = 0: out of range"),
+    ({"worker": 3}, r"field worker = 3: out of range \(expected an int from 0 to 0\)"),
+    ({"num_workers": None}, r"field worker = 0: set although num_workers is None"),
+    ({"pending": [[0, 10**6, 0, 3]]}, r"field pending\[0\] = \[0, 1000000, 0, 3\]: position 1000000 is not one"),
+    ({"pending": [[0, 0, 0, 3, 1]]}, r"field pending\[0\] = \[0, 0, 0, 3, 1\]: expected 4 entries, got 5"),
+    ({"pending": [[0, 0, 0, 17]]}, r"field pending\[0\]\[3\] \(size\) = 17: out of range \(expected an int from 1 to 16"),
+    ({"pending": [[0, 0, 0, 3], [1, 0, 0, 3]]}, r"field pending\[1\] .* held twice"),
+    ({"pending": [[10**6, 0, 0, 3]]}, r"field pending\[0\] .* keys are distinct and below next_key"),
+    ({"ready": [[]]}, r"field ready\[0\] = \[\]: a bin holds 1 to max_tokens=16 tokens, this one 0"),
+    ({"ready": "x"}, r"field ready = 'x': expected a list, got str"),
+])
+def test_saved_positions_are_checked_field_by_field(change, match):
+    examples = span_examples([3, 5, 7, 2, 9, 4] * 5)
+
+    def make():
+        return PackedIterableDataset(examples, 16, buffer_size=4, collator=spans)
+
+    state = mid_epoch_state(make)
+    assert state["pending"] and state["cursor"] > 2
+    ds = make()
+    with pytest.raises(ValueError, match=match) as info:
+        ds.load_state_dict({**state, **change})
+    assert REFUSED in str(info.value)
+    assert list(ds) == list(make()), "a refused state changes nothing"
+
+
+@pytest.mark.parametrize("field", ["epoch", "cursor", "pending", "ready", "num_workers", "flushed"])
+def test_saved_position_missing_a_field_is_named(field):
+    state = mid_epoch_state(lambda: PackedIterableDataset(span_examples([3, 5, 7] * 4), 16, collator=spans))
+    del state[field]
+    with pytest.raises(ValueError, match=rf"field '{field}' is missing"):
+        PackedIterableDataset(span_examples([3, 5, 7] * 4), 16, collator=spans).load_state_dict(state)
+
+
+def test_what_only_the_examples_tell_is_checked_when_the_pass_restores():
+    lengths = [3, 5, 7, 2, 9, 4] * 5
+    examples = span_examples(lengths)
+
+    def make(source=examples, **kwargs):
+        return PackedIterableDataset(source, 16, buffer_size=4, collator=spans, **kwargs)
+
+    state = mid_epoch_state(make)
+    key, position, start, size = state["pending"][0]
+    ds = make()
+    ds.load_state_dict({**state, "pending": [[key, position, start, size - 1]] + state["pending"][1:]})
+    with pytest.raises(ValueError, match=rf"field pending\[0\] .* tokens 0:{size - 1} of the example at position "
+                                         rf"{position} \({size} tokens\) are not a piece overlong='error' makes"):
+        iter(ds)
+
+    def stream():  # a plain stream: only reading it tells where it ends
+        return iter(examples)
+
+    state = mid_epoch_state(lambda: make(stream))
+    ds = make(stream)
+    ds.load_state_dict({**state, "cursor": state["cursor"] + 1000})
+    with pytest.raises(ValueError, match=r"field cursor = \d+: the source holds only 30 examples of this shard"):
+        iter(ds)
+    ds = make(stream)
+    ds.load_state_dict({**state, "flushed": True, "pending": []})
+    with pytest.raises(ValueError, match=r"field flushed = True: the stream is marked ended after \d+ examples"):
+        iter(ds)
+
+    # rank 0 of 3 with lengths= ends with empty batches: no more than the plan has
+    ds = make(lengths=lengths, num_replicas=3, rank=0, num_workers=0)
+    done = list(ds)
+    state = ds.state_dict()
+    target = state["empties_done"]
+    assert state["flushed"] and target >= 1 and done[-1] == []
+    ds = make(lengths=lengths, num_replicas=3, rank=0, num_workers=0)
+    ds.load_state_dict({**state, "empties_done": target + 1, "yielded": state["yielded"] + 1})
+    with pytest.raises(ValueError, match=rf"field empties_done = {target + 1}: this stream ends with {target} empty"):
+        iter(ds)
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_set_epoch_reaches_persistent_workers(context):
+    """Persistent workers keep their copy of the dataset; each epoch must still be the one set_epoch chose."""
+    lengths = [8] * 30  # every example fills a bin: the workers' round robin is the single-process order
+
+    def make():
+        return PackedIterableDataset(span_examples(lengths), 8, collator=pid_spans, shuffle=True, seed=3,
+                                     buffer_size=1)
+
+    ds, inline = make(), make()
+    loader = DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=True, multiprocessing_context=context)
+    orders, pids = [], set()
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        inline.set_epoch(epoch)
+        got = list(loader)
+        pids |= {pid for pid, _ in got}
+        batches = [batch for _, batch in got]
+        check_spans(lengths, 8, "error", [batches], equal=False)  # each example exactly once
+        assert batches == [batch for _, batch in inline], f"epoch {epoch} differs from a num_workers=0 run"
+        orders.append([i for batch in batches for i, _, _ in batch])
+    assert len(pids) == 2, "the same two workers served every epoch"
+    assert len({tuple(order) for order in orders}) == 3, "every epoch has its own order"
+
+
+def test_persistent_workers_pack_each_epoch_like_fresh_workers():
+    lengths = np.random.default_rng(7).integers(1, 30, size=90).tolist()
+
+    def make():
+        return PackedIterableDataset(span_examples(lengths), 48, collator=spans, shuffle=True, seed=5, buffer_size=4,
+                                     lengths=lengths, num_workers=2)
+
+    persistent, fresh = make(), make()
+    kept = DataLoader(persistent, batch_size=None, num_workers=2, persistent_workers=True)
+    restarted = DataLoader(fresh, batch_size=None, num_workers=2)
+    epochs = []
+    for epoch in range(3):
+        persistent.set_epoch(epoch)
+        fresh.set_epoch(epoch)
+        got = list(kept)
+        assert got == list(restarted) and len(got) == len(persistent)
+        check_spans(lengths, 48, "error", [got], equal=False)
+        epochs.append(got)
+    assert epochs[0] != epochs[1] != epochs[2] != epochs[0]
+
+
 def test_skip_first_batches_resume_path():
     examples, lengths = make_examples(150, seed=4)
 
@@ -274,3 +418,13 @@ def test_resume_every_boundary_stateful_dataloader_two_workers(n, max_tokens):
     buffer = 6 if n < 1000 else 64
     check_resume(lambda: iterable_stateful_session(examples, max_tokens=max_tokens, num_workers=2, buffer_size=buffer,
                                                    overlong="split", lengths=lengths), epochs=2)
+
+
+@pytest.mark.slow
+def test_resume_every_boundary_stateful_dataloader_persistent_workers_over_epochs():
+    if StatefulDataLoader is None:
+        pytest.skip("torchdata is not installed (pip install torchdata)")
+    examples, lengths = make_examples(120, seed=11)
+    check_resume(lambda: iterable_stateful_session(examples, max_tokens=256, num_workers=2, persistent_workers=True,
+                                                   buffer_size=6, lengths=lengths, shuffle=True, seed=2),
+                 epochs=3, boundaries=[0, 1, 5, 13, 20], epochs_differ=True)

@@ -1,13 +1,16 @@
-"""The end-to-end benchmarks start, run every arm, and agree on the loss (CPU smoke mode).
+"""The benchmarks start, run every arm, and agree on the loss (CPU smoke mode).
 
-The benchmarks themselves run on the GPU (benchmarks/bench_train.py, issue 6); CI only checks that
-they start: a tiny model, a few dozen sequences, one step per arm. Also checked here, without a GPU:
-the largest-batch search against a simulated memory model (including an out-of-memory retry), and
-the vectorised worst-batch computation against the plain one.
+The benchmarks measure on the GPU; here they run as a user runs them (``python benchmarks/x.py``)
+in their smoke modes: a tiny model, a few dozen sequences, one step per arm. Their shared module,
+``benchmarks/benchlib``, is loaded by path for the checks that need no GPU: the largest-batch
+search against a simulated memory model (including an out-of-memory retry), the vectorised
+worst-batch computation against the plain one, the adversarial streams and the simulated memory.
 """
 
 from __future__ import annotations
 
+import ast
+import importlib
 import importlib.util
 import json
 import os
@@ -22,20 +25,45 @@ pytest.importorskip("transformers")
 
 REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "benchmarks"
-sys.path.insert(0, str(BENCH))
+SCRIPTS = sorted(BENCH.glob("*.py"))
 
-import _train_common as C  # noqa: E402
-import bench_train  # noqa: E402
+from support.paths import benchlib  # noqa: E402
 
 HAS_TRL = importlib.util.find_spec("trl") is not None and importlib.util.find_spec("pyarrow") is not None
 HAS_MPL = importlib.util.find_spec("matplotlib") is not None
 
 
+def run_script(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TOKENIZERS_PARALLELISM="false", **(env or {}))
+    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench_smoke")
-    assert bench_train.main(["--smoke", "--out", str(out)]) == 0
+    done = run_script(str(BENCH / "bench_train.py"), "--smoke", "--out", str(out))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return out, json.loads((out / "results.json").read_text())
+
+
+def _imports(script: Path) -> set:
+    names = set()
+    for node in ast.walk(ast.parse(script.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=[p.stem for p in SCRIPTS])
+def test_a_benchmark_imports_no_other_benchmark_nor_the_tests(script):
+    # The scripts share code through benchlib only, and find warppack installed, not on a patched path.
+    text = script.read_text()
+    assert "sys.path" not in text, f"{script.name} edits sys.path"
+    peers = {p.stem for p in SCRIPTS} | {"support", "tests", "conftest"}
+    assert not _imports(script) & peers, f"{script.name} imports {sorted(_imports(script) & peers)}"
 
 
 def test_smoke_runs_every_arm_on_both_distributions(smoke):
@@ -87,80 +115,7 @@ def test_smoke_pipeline_and_eval_sections(smoke):
     assert res["meta"]["smoke"] is True
 
 
-def test_chunked_worst_matches_plain_worst():
-    rng = np.random.default_rng(3)
-    lengths = rng.integers(1, 300, 257)
-    order = rng.permutation(len(lengths))
-    for mode, slot in (("pad", lambda b: len(b) * 300), ("longest", lambda b: len(b) * int(lengths[b].max())),
-                       ("sum", lambda b: int(lengths[b].sum()))):
-        fast = C.chunked_worst(lambda b: order, lengths, mode, 300)
-        for b in (1, 2, 7, 64, 256, 257, 400):
-            plain = [slot(order[i: i + b]) for i in range(0, len(order), b)]
-            assert fast(b) == (int(np.argmax(plain)), max(plain)), (mode, b)
-
-
-class _FakeCtx:
-    def __init__(self, cap):
-        self.cap = cap
-        self.smoke = False
-        self.device = None
-
-
-def test_largest_batch_search_against_a_simulated_memory(monkeypatch):
-    # Simulated device: peak = 3 GB + 1.5 MB per slot token; really out of memory above 93% of the cap
-    # the search aims at (so the first prediction fails once and the search must shrink and retry).
-    fixed, per_token, cap = 3e9, 1.5e6, 60e9
-    hard = 0.93 * cap
-
-    def fake_probe(ctx, model, opt, arm, size):
-        _, slot = arm.worst(size)
-        peak = fixed + per_token * slot
-        return peak <= hard, slot, int(peak), 0.01
-
-    monkeypatch.setattr(bench_train, "_probe", fake_probe)
-    rng = np.random.default_rng(0)
-    lengths = np.clip(rng.lognormal(5.7, 1.0, 4000), 1, 4096).astype(np.int64)
-    tokens = np.arange(int(lengths.sum()), dtype=np.int64) % 500 + 3
-    ds = C.TokenDataset(lengths, tokens)
-    arms = C.build_arms(["1", "2", "4", "6"], lengths=lengths, max_len=4096, dataset=ds, trl=None, seed=0,
-                        log=lambda *a: None)
-    most = (hard - fixed) / per_token  # slot tokens that really fit
-    for key, arm in arms.items():
-        res = {"oom_search": 0}
-        size = bench_train.search_size(_FakeCtx(cap), None, None, arm, res)
-        _, slot = arm.worst(size)
-        assert slot <= most, (key, size, slot)
-        if key in ("1", "6"):  # the first prediction overshoots the simulated device: one retry
-            assert res["oom_search"] >= 1, key
-            assert slot >= 0.85 * most - 4096, (key, slot, most)
-        assert res["worst_batch"]["slot_tokens"] == slot
-
-
-@pytest.mark.skipif(not HAS_TRL, reason="trl / pyarrow not installed")
-def test_trl_arm_runs_without_datasets():
-    # On the device `datasets` might not import; TRL's own code must still run with the stand-in module.
-    code = (
-        "import sys; sys.path.insert(0, %r)\n"
-        "import _train_common as C, numpy as np\n"
-        "trl = C.load_trl()\n"
-        "assert 'stand-in' in trl['mode'], trl['mode']\n"
-        "assert type(sys.modules['datasets']).__name__ == 'module' and sys.modules['datasets'].__version__.endswith('stub')\n"
-        "ds = C.TokenDataset(np.array([5, 3, 8, 2]), np.arange(18) + 3)\n"
-        "rows, row_lengths, _ = C.trl_bfd_rows(trl, ds, 8)\n"
-        "assert sorted(row_lengths.tolist()) == [2, 8, 8], row_lengths\n"
-        "b = trl['collator_cls'](pad_token_id=0, padding_free=True)([rows[i] for i in range(len(rows))])\n"
-        "assert b['input_ids'].shape == (1, 18) and b['cu_seq_lens_q'].tolist()[-1] == 18\n"
-        "assert int((b['labels'] == -100).sum()) == 4\n"
-        "print('ok')\n" % str(BENCH)
-    )
-    env = dict(os.environ, BENCH_FORCE_DATASETS_STUB="1")
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
-
-
 def test_compare_runs_medians_and_refusals(smoke, tmp_path):
-    import compare_runs
-
     out, res = smoke
     other = json.loads(json.dumps(res))
     for dist in other["train"]:
@@ -169,20 +124,127 @@ def test_compare_runs_medians_and_refusals(smoke, tmp_path):
                 arm["real_tokens_per_s"] *= 3.0
     (tmp_path / "b.json").write_text(json.dumps(other))
     (tmp_path / "c.json").write_text(json.dumps(other))
-    runs = compare_runs.load_runs([out / "results.json", tmp_path / "b.json", tmp_path / "c.json"])
-    for dist in res["train"]:
-        arms = compare_runs.median_arms(runs, dist)
-        for key, arm in res["train"][dist]["arms"].items():
-            if arm.get("real_tokens_per_s"):
-                assert arms[key]["real_tokens_per_s"] == pytest.approx(3.0 * arm["real_tokens_per_s"])
-                assert len(arms[key]["runs"]) == 3
-    text = compare_runs.report(runs, ["a", "b", "c"])
+    compare = str(BENCH / "compare_runs.py")
+    done = run_script(compare, str(out / "results.json"), str(tmp_path / "b.json"), str(tmp_path / "c.json"))
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
     assert text.count("| 7 | compute-only bound |") == 2 and "ceiling:" in text
+    sft = text[text.index("## sft"):text.index("## wiki")]
+    for key, arm in res["train"]["sft"]["arms"].items():
+        if arm.get("real_tokens_per_s"):
+            row = next(line for line in sft.splitlines() if line.startswith(f"| {key} |"))
+            cells = [c.strip() for c in row.strip("|").split("|")]
+            assert cells[3:6] == [f"{v:,.0f}" for v in (arm["real_tokens_per_s"], 3 * arm["real_tokens_per_s"],
+                                                         3 * arm["real_tokens_per_s"])], row
+            assert cells[6] == f"{3 * arm['real_tokens_per_s']:,.0f}", row  # the median of the three runs
 
     other["meta"]["torch"] = "0.0"
     (tmp_path / "d.json").write_text(json.dumps(other))
-    with pytest.raises(SystemExit, match="one software stack"):
-        compare_runs.load_runs([out / "results.json", tmp_path / "d.json"])
+    done = run_script(compare, str(out / "results.json"), str(tmp_path / "d.json"))
+    assert done.returncode != 0 and "one software stack" in done.stderr
     (tmp_path / "e.json").write_text("{")
-    with pytest.raises(SystemExit, match="cannot read"):
-        compare_runs.load_runs([tmp_path / "e.json"])
+    done = run_script(compare, str(tmp_path / "e.json"))
+    assert done.returncode != 0 and "cannot read" in done.stderr
+
+
+def test_chunked_worst_matches_plain_worst():
+    arms = benchlib("arms")
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(1, 300, 257)
+    order = rng.permutation(len(lengths))
+    for mode, slot in (("pad", lambda b: len(b) * 300), ("longest", lambda b: len(b) * int(lengths[b].max())),
+                       ("sum", lambda b: int(lengths[b].sum()))):
+        fast = arms.chunked_worst(lambda b: order, lengths, mode, 300)
+        for b in (1, 2, 7, 64, 256, 257, 400):
+            plain = [slot(order[i: i + b]) for i in range(0, len(order), b)]
+            assert fast(b) == (int(np.argmax(plain)), max(plain)), (mode, b)
+
+
+def test_largest_batch_search_against_a_simulated_memory():
+    # Simulated device: peak = 3 GB + 1.5 MB per slot token; really out of memory above 93% of the cap
+    # the search aims at (so the first prediction fails once and the search must shrink and retry).
+    arms, sizing, tokens = benchlib("arms"), benchlib("sizing"), benchlib("tokens")
+    fixed, per_token, cap = 3e9, 1.5e6, 60e9
+    hard = 0.93 * cap
+    rng = np.random.default_rng(0)
+    lengths = np.clip(rng.lognormal(5.7, 1.0, 4000), 1, 4096).astype(np.int64)
+    ds = tokens.TokenDataset(lengths, np.arange(int(lengths.sum()), dtype=np.int64) % 500 + 3)
+    built = arms.build_arms(["1", "2", "4", "6"], lengths=lengths, max_len=4096, dataset=ds, trl=None, seed=0,
+                            log=lambda *a: None)
+    most = (hard - fixed) / per_token  # slot tokens that really fit
+    for key, arm in built.items():
+
+        def probe(size, arm=arm):
+            _, slot = arm.worst(size)
+            peak = fixed + per_token * slot
+            return peak <= hard, slot, int(peak), 0.01
+
+        res = {"oom_search": 0}
+        size = sizing.largest_size(arm, probe, int(cap), res)
+        _, slot = arm.worst(size)
+        assert slot <= most, (key, size, slot)
+        if key in ("1", "6"):  # the first prediction overshoots the simulated device: one retry
+            assert res["oom_search"] >= 1, key
+            assert slot >= 0.85 * most - 4096, (key, slot, most)
+        assert res["worst_batch"]["slot_tokens"] == slot
+
+
+def test_adversarial_streams_fill_the_budget_and_keep_their_shapes():
+    streams = benchlib("calibration").adversarial_batches(4000, 1024, 3)
+    assert list(streams) == ["all_max_seq_len", "all_tiny", "bimodal"]
+    for name, batches in streams.items():
+        assert 1 <= len(batches) <= 3, name
+        assert all(sum(b) <= 4000 and max(b) <= 1024 for b in batches), name
+    assert all(set(b) == {1024} for b in streams["all_max_seq_len"])
+    assert all(max(b) <= 32 for b in streams["all_tiny"])
+    # whole long sequences leave a bin short of the budget, tiny ones fill it: the growth that fragments
+    assert sum(streams["all_max_seq_len"][0]) == 3 * 1024 < sum(streams["all_tiny"][0])
+
+
+def test_simulated_memory_fails_like_a_gpu_and_accelerate_shrinks_on_it():
+    torch = pytest.importorskip("torch")
+    memory = benchlib("calibration").SimulatedMemory(total_bytes=1000, static_bytes=100, per_token=10, per_square=0)
+
+    class Model(torch.nn.Module):
+        def forward(self, **batch):
+            return batch
+
+    layer = Model()
+    memory.attach(layer)
+    layer(input_ids=torch.zeros(2, 20))  # 100 + 10 * 40 bytes
+    assert memory.peak_bytes() == 500
+    with pytest.raises(torch.OutOfMemoryError) as raised:
+        layer(input_ids=torch.zeros(4, 40))
+    memory.cap(400)
+    with pytest.raises(torch.OutOfMemoryError):
+        layer(input_ids=torch.zeros(2, 20))
+    memory.uncap()
+    layer(input_ids=torch.zeros(2, 20))
+    accelerate = pytest.importorskip("accelerate.utils.memory")
+    assert accelerate.should_reduce_batch_size(raised.value)
+
+
+@pytest.mark.skipif(not HAS_TRL, reason="trl / pyarrow not installed")
+def test_trl_arm_runs_without_datasets():
+    # Where `datasets` does not import, TRL's own code must still run with the stand-in module.
+    code = (
+        "import sys\n"
+        "import numpy as np\n"
+        "from benchlib.peers import load_trl, trl_bfd_rows\n"
+        "from benchlib.tokens import TokenDataset\n"
+        "trl = load_trl()\n"
+        "assert 'stand-in' in trl['mode'], trl['mode']\n"
+        "stub = sys.modules['datasets']\n"
+        "assert type(stub).__name__ == 'module' and stub.__version__.endswith('stub')\n"
+        "ds = TokenDataset(np.array([5, 3, 8, 2]), np.arange(18) + 3)\n"
+        "rows, row_lengths, _ = trl_bfd_rows(trl, ds, 8)\n"
+        "assert sorted(row_lengths.tolist()) == [2, 8, 8], row_lengths\n"
+        "b = trl['collator_cls'](pad_token_id=0, padding_free=True)([rows[i] for i in range(len(rows))])\n"
+        "assert b['input_ids'].shape == (1, 18) and b['cu_seq_lens_q'].tolist()[-1] == 18\n"
+        "assert int((b['labels'] == -100).sum()) == 4\n"
+        "print('ok')\n"
+    )
+    env = dict(os.environ, BENCH_FORCE_DATASETS_STUB="1")
+    # run from benchmarks/, as a script there runs: benchlib imports by its bare name
+    done = subprocess.run([sys.executable, "-c", code], cwd=BENCH, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]

@@ -179,9 +179,11 @@ def sampler_stateful_session(examples, lengths, *, max_tokens, num_workers=2, **
                            collate_fn=collate, num_workers=num_workers)
 
 
-def iterable_stateful_session(examples, *, max_tokens, num_workers=2, **dataset_kwargs):
+def iterable_stateful_session(examples, *, max_tokens, num_workers=2, persistent_workers=False, **dataset_kwargs):
+    """``persistent_workers=True``: the workers outlive each epoch, so ``set_epoch`` must reach them."""
     dataset = warppack.PackedIterableDataset(examples, max_tokens, num_workers=num_workers, **dataset_kwargs)
-    return StatefulSession(dataset, set_epoch=dataset.set_epoch, batch_size=None, num_workers=num_workers)
+    return StatefulSession(dataset, set_epoch=dataset.set_epoch, batch_size=None, num_workers=num_workers,
+                           persistent_workers=persistent_workers)
 
 
 # -- the check -------------------------------------------------------------------------------
@@ -199,10 +201,12 @@ def _run(session: Session, first_epoch: int, epochs: int, *, save_after: Optiona
 
 
 def check_resume(make_session: Callable[[], Session], *, epochs: int = 2, boundaries: Optional[Sequence[int]] = None,
-                 chain_every: int = 5) -> int:
+                 chain_every: int = 5, epochs_differ: bool = False) -> int:
     """Resume at every boundary (or at ``boundaries``); returns how many batches the reference has.
 
     Every ``chain_every``-th resume is chained: run 1-3 batches after resuming, save, resume again.
+    ``epochs_differ`` (shuffled loaders): the reference's epochs must not repeat one another, so a
+    ``set_epoch`` that never reached the loader (and a resume that agrees with it) cannot pass.
     Raises ``AssertionError`` naming the first boundary whose resumed stream differs.
     """
     reference = make_session()
@@ -217,6 +221,9 @@ def check_resume(make_session: Callable[[], Session], *, epochs: int = 2, bounda
             epoch_of.append(epoch)
     total = len(expected)
     assert total > 0, "the reference run produced no batch"
+    if epochs_differ:
+        per_epoch = [tuple(f for f, e in zip(expected, epoch_of[1:]) if e == epoch) for epoch in range(epochs)]
+        assert len(set(per_epoch)) == epochs, "the reference repeats an epoch: set_epoch did not reach the loader"
     for g in range(total + 1) if boundaries is None else boundaries:
         hop = 1 + g % 3 if chain_every and g % chain_every == 0 and g + 1 < total else None
         session = make_session()

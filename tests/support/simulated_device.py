@@ -28,6 +28,8 @@ import torch
 
 from warppack.memory.device import DeviceMemory
 
+from support.paths import benchlib
+
 
 class SimulatedDevice(DeviceMemory):
     def __init__(self, *, total_bytes: float, static_bytes: float = 0.0, per_token: float = 1.0,
@@ -186,30 +188,5 @@ class ToyLM(torch.nn.Module):
         return out
 
 
-def adversarial_batches(budget: int, max_seq_len: int, batches: int, *, seed: int = 0) -> dict:
-    """Issue 4's adversarial length streams packed at ``budget``: ``{name: [lengths of each batch]}``.
-
-    ``all_max_seq_len`` (whole long sequences: bins hold fewer tokens than the budget), ``all_tiny``
-    (1-32 tokens: bins full to the budget) and ``bimodal`` (half long, half tiny, shuffled), each
-    packed by ``warppack.plan`` and cut to its first ``batches`` bins; run in this order, the token
-    total grows from the first stream to the second -- the transition that fragments the allocator.
-    """
-    import numpy as np
-
-    import warppack
-
-    rng = np.random.default_rng(seed)
-    tokens = budget * batches
-    tiny = rng.integers(1, 33, size=tokens // 8 + 8)
-    tiny = tiny[: np.searchsorted(np.cumsum(tiny), tokens) + 1]
-    long = rng.integers(max(1, max_seq_len // 2), max_seq_len + 1, size=tokens // max(1, max_seq_len // 2) + 2)
-    short = rng.integers(1, 33, size=len(long) * max_seq_len // 32 + 2)
-    bimodal = rng.permutation(np.concatenate([long[: len(long) // 2], short[: len(short) // 2]]))
-    streams = {"all_max_seq_len": np.full(max(1, tokens // max_seq_len), max_seq_len), "all_tiny": tiny,
-               "bimodal": bimodal}
-    packed = {}
-    for name, lengths in streams.items():
-        lengths = np.minimum(lengths.astype(np.int64), max(1, min(max_seq_len, budget)))
-        plan = warppack.plan(lengths, budget, shuffle=True, seed=1)
-        packed[name] = [lengths[b].tolist() for b in list(plan.bins)[:batches]]
-    return packed
+# The adversarial streams are the benchmarks' definition (benchmarks/benchlib/calibration.py).
+adversarial_batches = benchlib("calibration").adversarial_batches

@@ -22,6 +22,7 @@ from warppack.cli.errors import (
     EXIT_USAGE,
     CliError,
 )
+from warppack.cli.options import check_count, check_fraction
 
 __all__ = ["add_arguments", "run"]
 
@@ -135,15 +136,12 @@ def _load_model(model_dir: str, source: Dict[str, Any], dtype: str) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.max_seq_len is not None and args.max_seq_len <= 0:
-        raise CliError(f"--max-seq-len must be a positive number of tokens, got {args.max_seq_len}", EXIT_USAGE)
-    if args.headroom is not None and not 0 < args.headroom < 1:
-        raise CliError(f"--headroom must be in (0, 1), got {args.headroom}", EXIT_USAGE)
-    if args.pad_to_multiple_of is not None and args.pad_to_multiple_of <= 0:
-        raise CliError(f"--pad-to-multiple-of must be positive, got {args.pad_to_multiple_of}", EXIT_USAGE)
-    if args.max_sequences is not None and (args.max_sequences <= 0 or not args.static_shape):
-        raise CliError(f"--max-sequences must be a positive count and goes with --static-shape, got "
-                       f"{args.max_sequences}{'' if args.static_shape else ' without --static-shape'}", EXIT_USAGE)
+    check_count(args.max_seq_len, flag="--max-seq-len", example=4096)
+    check_fraction(args.headroom, flag="--headroom", closed_above=False)
+    check_count(args.pad_to_multiple_of, flag="--pad-to-multiple-of", example=64)
+    check_count(args.max_sequences, flag="--max-sequences", example=64)
+    if args.max_sequences is not None and not args.static_shape:
+        raise CliError(f"--max-sequences {args.max_sequences} goes with --static-shape; pass both", EXIT_USAGE)
     source = _model_source(args.model_dir, args.gguf_file)
     _require_cuda()
     import torch

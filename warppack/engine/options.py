@@ -8,14 +8,18 @@ from __future__ import annotations
 import numbers
 from typing import Any, Collection, Optional
 
+import numpy as np
+
 __all__ = [
     "DEFAULT_BUFFER_SIZE",
     "INT32_MAX",
     "OVERLONG_POLICIES",
     "STRATEGIES",
     "check_choice",
+    "check_flag",
     "check_int",
     "check_int32_count",
+    "check_max_seqs_per_bin",
     "check_overlong",
     "check_seed",
     "check_strategy",
@@ -83,3 +87,24 @@ def check_strategy(strategy: Any) -> str:
 
 def check_overlong(overlong: Any, *, allowed: Collection[str] = tuple(OVERLONG_POLICIES)) -> str:
     return check_choice(overlong, name="overlong", choices=allowed, default="error")
+
+
+def check_flag(value: Any, *, name: str) -> bool:
+    """``value`` as a bool, or TypeError naming ``name``: a string such as ``"no"`` must not read as True."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {value!r} of type {type(value).__name__}; pass e.g. "
+                    f"{name}=False")
+
+
+def check_max_seqs_per_bin(value: Any) -> Optional[int]:
+    """None (unlimited) or a positive count that fits int32."""
+    if value is None:
+        return None
+    if not is_int(value):
+        raise TypeError(f"max_seqs_per_bin must be a positive int or None (unlimited), got {value!r} of type "
+                        f"{type(value).__name__}; pass e.g. max_seqs_per_bin=64")
+    if int(value) <= 0:
+        raise ValueError(f"max_seqs_per_bin must be > 0 (or None for unlimited), got {int(value)}; pass e.g. "
+                         f"max_seqs_per_bin=64")
+    return check_int32_count(value, name="max_seqs_per_bin")

@@ -20,16 +20,21 @@ copy in host memory) and the allocator cache is emptied, so training starts as a
 from __future__ import annotations
 
 import logging
-import numbers
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Mapping, Optional
+from typing import Any, List, Optional
 
 import torch
 
 from warppack.batch.collator import PackedCollator
-from warppack.engine.options import check_int32_count
-from warppack.memory.cache import calibration_key, load_budget, store_budget
+from warppack.engine.options import check_flag, check_int, check_int32_count
+from warppack.memory.arguments import (
+    LossFn,
+    check_fraction,
+    check_objects,
+    same_arguments,
+)
+from warppack.memory.cache import CacheDir, calibration_key, load_budget, store_budget
 from warppack.memory.device import (
     CudaMemory,
     DeviceMemory,
@@ -55,8 +60,8 @@ from warppack.memory.step import make_batch as _batch
 from warppack.memory.step import vocab_size as _vocab_size
 from warppack.progress import Progress
 
-__all__ = ["calibrate_token_budget", "calibrate", "CalibrationReport", "pessimistic_lengths", "probe_schedule",
-           "search_budget", "next_budget", "default_loss", "unwrap_ddp"]
+__all__ = ["CalibrationReport", "calibrate", "calibrate_token_budget", "default_loss", "next_budget",
+           "pessimistic_lengths", "probe_schedule", "search_budget", "unwrap_ddp"]
 
 logger = logging.getLogger("warppack")
 # In the cache key: entries of an older probe design measured less.
@@ -75,74 +80,55 @@ class CalibrationReport:
     expandable_segments: bool = False
 
 
-def _check_fraction(value: Any, name: str, example: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < float(value) < 1:
-        raise ValueError(f"{name} must be a fraction strictly between 0 and 1, got {value!r}; pass e.g. {example}")
-    return float(value)
+def calibrate(model: torch.nn.Module, *, max_seq_len: int, accelerator: Any = None, optimizer: Any = None,
+              collator: Optional[PackedCollator] = None, headroom: float = 0.08, tolerance: float = 0.05,
+              short_len: int = 16, upper_bound: Optional[int] = None, reserve_bytes: int = 0,
+              loss_fn: Optional[LossFn] = None, gradient_accumulation_steps: Optional[int] = None,
+              enforce_headroom: bool = False, cache: bool = True, cache_dir: CacheDir = None,
+              progress: Optional[bool] = None, memory: Optional[DeviceMemory] = None) -> CalibrationReport:
+    """:func:`calibrate_token_budget` returning the whole :class:`CalibrationReport` (probes, time).
 
-
-def calibrate_token_budget(model: torch.nn.Module, *, max_seq_len: int, accelerator: Any = None,
-                           optimizer: Any = None, collator: Optional[PackedCollator] = None,
-                           headroom: float = 0.08, tolerance: float = 0.05, short_len: int = 16,
-                           upper_bound: Optional[int] = None, reserve_bytes: int = 0,
-                           loss_fn: Optional[Callable[[torch.nn.Module, Mapping[str, Any]], torch.Tensor]] = None,
-                           gradient_accumulation_steps: Optional[int] = None, enforce_headroom: bool = False,
-                           cache: bool = True, cache_dir: Optional[str] = None, progress: Optional[bool] = None,
-                           memory: Optional[DeviceMemory] = None) -> int:
-    """Measure the largest token budget (``max_tokens``) whose training step fits on this device.
-
-    Runs real training steps of ``model`` (with ``optimizer``, so its state exists; taken from
-    ``accelerator`` when not given) on pessimistic packed batches, leaves ``headroom`` of device
-    memory free, rounds to ``collator.pad_to_multiple_of``, agrees across ranks (the minimum) and
-    caches the answer on disk (``cache=False`` to re-measure). ``collator`` is the run's layout
-    (padding, ``static_shape``, ``max_sequences``; its ``max_tokens`` is ignored): with
-    ``static_shape=True`` every step allocates the same tensors, so the budget comes closer to the
-    headroom line. ``enforce_headroom=True`` caps this process's allocator at the headroom line
-    (``torch.cuda.set_per_process_memory_fraction``, left in place for the training that follows):
-    the allocator then hands cached blocks back instead of growing past it, so the budget is chosen
-    from the *allocated* peak and the reserved peak stays under the line (not for sharded models:
-    FSDP/DeepSpeed cannot survive one rank's out-of-memory error mid-forward). The model, optimizer,
-    gradients and RNG states are left exactly as they were.
-    ``memory`` replaces the CUDA probe (simulations, other devices). See docs/calibration.md.
-
-    >>> max_tokens = warppack.calibrate_token_budget(model, optimizer=opt, max_seq_len=4096)  # doctest: +SKIP
-    >>> loader = DataLoader(ds, batch_sampler=warppack.PackedBatchSampler(lengths, max_tokens),
-    ...                     collate_fn=warppack.PackedCollator(max_tokens))               # doctest: +SKIP
+    The one signature of both: :func:`calibrate_token_budget` takes exactly these arguments.
     """
-    return calibrate(**locals()).max_tokens
-
-
-def calibrate(model, *, max_seq_len, accelerator=None, optimizer=None, collator=None, headroom=0.08,
-              tolerance=0.05, short_len=16, upper_bound=None, reserve_bytes=0, loss_fn=None,
-              gradient_accumulation_steps=None, enforce_headroom=False, cache=True, cache_dir=None,
-              progress=None, memory=None) -> CalibrationReport:
-    """:func:`calibrate_token_budget` returning the whole :class:`CalibrationReport` (probes, time)."""
+    check_objects(model=model, optimizer=optimizer, collator=collator, loss_fn=loss_fn, cache_dir=cache_dir,
+                   memory=memory)
     max_seq_len = check_int32_count(max_seq_len, name="max_seq_len")
     short_len = check_int32_count(short_len, name="short_len")
-    headroom = _check_fraction(headroom, "headroom", "headroom=0.08 (leave 8% of device memory free)")
-    tolerance = _check_fraction(tolerance, "tolerance", "tolerance=0.05 (search to a 5% gap)")
+    headroom = check_fraction(headroom, "headroom", "headroom=0.08 (leave 8% of device memory free)")
+    tolerance = check_fraction(tolerance, "tolerance", "tolerance=0.05 (search to a 5% gap)")
+    # A negative reserve would silently add memory on top of the headroom.
+    reserve_bytes = check_int(reserve_bytes, name="reserve_bytes", minimum=0)
+    enforce_headroom = check_flag(enforce_headroom, name="enforce_headroom")
+    cache = check_flag(cache, name="cache")
+    if progress is not None:
+        progress = check_flag(progress, name="progress")
+    if gradient_accumulation_steps is not None:
+        gradient_accumulation_steps = check_int(gradient_accumulation_steps, name="gradient_accumulation_steps",
+                                                minimum=1)
+    upper = check_int32_count(upper_bound, name="upper_bound") if upper_bound is not None else _INT32_LIMIT
     if optimizer is None and accelerator is not None and getattr(accelerator, "_optimizers", None):
         optimizer = accelerator._optimizers[0]
     if gradient_accumulation_steps is None:
         gradient_accumulation_steps = getattr(accelerator, "gradient_accumulation_steps", 1) or 1
     params = [p for p in unwrap_ddp(model).parameters()]
     if not params:
-        raise ValueError("calibrate_token_budget needs a model with parameters")
+        raise ValueError(f"model ({type(model).__name__}) has no parameters: calibration measures its training "
+                         f"steps; pass the model you will train")
     memory = memory or device_memory(params[0].device)
     granularity = (collator.pad_to_multiple_of if collator is not None else None) or 1
     start = -(-max_seq_len // granularity) * granularity
-    upper = check_int32_count(upper_bound, name="upper_bound") if upper_bound is not None else _INT32_LIMIT
     upper = max(upper // granularity * granularity, start)
     target = (1 - headroom) * memory.total_bytes - reserve_bytes
     if target <= 0:
         raise ValueError(f"reserve_bytes={reserve_bytes} leaves no memory to train in on {memory.name} "
                          f"({format_bytes(memory.total_bytes)}, headroom={headroom}); lower reserve_bytes")
+    static_shape = bool(collator is not None and collator.static_shape)
+    max_sequences: Optional[int] = getattr(collator, "max_sequences", None)
     settings = {"max_seq_len": max_seq_len, "headroom": headroom, "tolerance": tolerance, "short_len": short_len,
-                "upper_bound": upper, "reserve_bytes": int(reserve_bytes), "granularity": granularity,
-                "static_shape": bool(collator is not None and collator.static_shape),
-                "max_sequences": getattr(collator, "max_sequences", None),
+                "upper_bound": upper, "reserve_bytes": reserve_bytes, "granularity": granularity,
+                "static_shape": static_shape, "max_sequences": max_sequences,
                 "gradient_accumulation": gradient_accumulation_steps > 1,
-                "enforce_headroom": bool(enforce_headroom),
+                "enforce_headroom": enforce_headroom,
                 "loss_fn": None if loss_fn is None else getattr(loss_fn, "__qualname__", repr(loss_fn)),
                 "probe": _PROBE_KIND}
     ranks = getattr(accelerator, "num_processes", None) or world_size()
@@ -160,7 +146,7 @@ def calibrate(model, *, max_seq_len, accelerator=None, optimizer=None, collator=
         memory.cap(int((1 - headroom) * memory.total_bytes))
     if cache:
         # Every rank looks in its own cache (nodes may not share a disk); use it only if all found it.
-        found = load_budget(key, cache_dir)
+        found = load_budget(key, cache_dir, minimum=start, maximum=upper, multiple=granularity)
         missing, neg_budget = all_ranks_max([found is None, -(found or 0)])
         if not missing:
             logger.info("warppack: token budget %d from the calibration cache (%s)", -int(neg_budget), memory.name)
@@ -184,8 +170,7 @@ def calibrate(model, *, max_seq_len, accelerator=None, optimizer=None, collator=
         memory.reset_peak()
         error = None
         for lengths in probe_schedule(budget, max_seq_len, short_len=short_len,
-                                      max_sequences=settings["max_sequences"],
-                                      static_shape=settings["static_shape"]):
+                                      max_sequences=max_sequences, static_shape=static_shape):
             try:
                 step(_batch(lengths, budget, collator, vocab, device))
             except Exception as exc:  # noqa: BLE001 - only OOM is swallowed, below
@@ -236,7 +221,7 @@ def calibrate(model, *, max_seq_len, accelerator=None, optimizer=None, collator=
         # How far under the predicted crossing the last probes aim. Static shapes: every step
         # allocates the same tensors, so a probe's peak is the run's and only page rounding is left.
         # Changing shapes fragment differently from run to run: keep 1% (at the default tolerance).
-        margin = tolerance / 20 if settings["static_shape"] else tolerance / 5
+        margin = tolerance / 20 if static_shape else tolerance / 5
         budget, history = search_budget(probe, start=start, target=1.0, tolerance=tolerance, margin=margin,
                                         granularity=granularity, upper=upper, on_probe=on_probe)
     memory.release()  # the probes' cached blocks: training starts from the allocator state a fresh process has
@@ -263,3 +248,33 @@ def calibrate(model, *, max_seq_len, accelerator=None, optimizer=None, collator=
                 report.max_tokens, memory.name, report.seconds, len(history), format_bytes(target),
                 format_bytes(memory.total_bytes))
     return report
+
+
+@same_arguments(calibrate)
+def calibrate_token_budget(model: torch.nn.Module, **arguments: Any) -> int:
+    """Measure the largest token budget (``max_tokens``) whose training step fits on this device.
+
+    Runs real training steps of ``model`` (with ``optimizer``, so its state exists; taken from
+    ``accelerator`` when not given) on pessimistic packed batches, leaves ``headroom`` of device
+    memory free (and ``reserve_bytes`` more, for what is allocated after calibration), rounds to
+    ``collator.pad_to_multiple_of``, agrees across ranks (the minimum) and caches the answer on disk
+    (``cache=False`` to re-measure; ``cache_dir`` for another folder). ``collator`` is the run's layout
+    (padding, ``static_shape``, ``max_sequences``; its ``max_tokens`` is ignored): with
+    ``static_shape=True`` every step allocates the same tensors, so the budget comes closer to the
+    headroom line. ``enforce_headroom=True`` caps this process's allocator at the headroom line
+    (``torch.cuda.set_per_process_memory_fraction``, left in place for the training that follows):
+    the allocator then hands cached blocks back instead of growing past it, so the budget is chosen
+    from the *allocated* peak and the reserved peak stays under the line (not for sharded models:
+    FSDP/DeepSpeed cannot survive one rank's out-of-memory error mid-forward). The model, optimizer,
+    gradients and RNG states are left exactly as they were.
+    ``memory`` replaces the CUDA probe (simulations, other devices). See docs/calibration.md.
+
+    The keyword-only arguments are those of :func:`calibrate` (``help()`` and ``inspect.signature``
+    show them); a wrong type or value of any of them is a TypeError/ValueError naming it.
+
+    >>> max_tokens = warppack.calibrate_token_budget(model, optimizer=opt, max_seq_len=4096)  # doctest: +SKIP
+    >>> loader = DataLoader(ds, batch_sampler=warppack.PackedBatchSampler(lengths, max_tokens),
+    ...                     collate_fn=warppack.PackedCollator(max_tokens))               # doctest: +SKIP
+    """
+    return calibrate(model, **arguments).max_tokens
+

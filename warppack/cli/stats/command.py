@@ -1,4 +1,4 @@
-"""``warppack stats DATA --max-tokens N``: what packing does for a data set, before any training.
+"""``warppack stats DATA [--max-tokens N]``: what packing does for a data set, before any training.
 
 DATA is a HF ``datasets`` folder saved with ``save_to_disk``, a parquet, Arrow (IPC file or
 stream) or JSON Lines file, or a ``.npy`` array of lengths. The lengths come from the column's
@@ -7,8 +7,9 @@ Arrow offsets (no loop over rows); a column of integers is taken as the lengths 
 For every strategy (bfd, ffd, online) the report gives the number of batches, how close that is to
 the lower bound, the packing efficiency, the padding avoided against padding every example to the
 longest one and against dynamic padding (random batches padded to their longest), and the
-speed-up limit those imply (padded token slots / packed token slots). It ends with a recommended
-budget and writes a PNG of the length histogram (budget marked) and of the fill of the batches.
+speed-up limit those imply (padded token slots / packed token slots). It recommends a budget,
+which is the one used when ``--max-tokens`` is not given, and writes a PNG of the length histogram
+(budgets marked) and of each strategy's efficiency against the budget.
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 from warppack.cli.errors import (
+    EXIT_BAD_COLUMN,
     EXIT_BAD_PATH,
     EXIT_MISSING_DEPENDENCY,
+    EXIT_NOTHING_TO_PACK,
     EXIT_USAGE,
     CliError,
 )
+from warppack.cli.options import check_count, check_fraction
 
 # The command is this module; the reading, the numbers, the budget sweep and the report each live
 # in their own module and are re-exported here, the names the tests and scripts import.
@@ -38,35 +42,94 @@ from warppack.cli.stats.numbers import (
     dynamic_padding_slots,
 )
 from warppack.cli.stats.reader import LoadedLengths, load_lengths
+from warppack.cli.stats.refusals import BadLength, NothingToPack, Overlong, TooManyPieces
 from warppack.cli.stats.report import format_report
 
 __all__ = [
+    "LoadedLengths",
+    "STRATEGIES",
+    "Stats",
+    "StrategyStats",
     "add_arguments",
-    "run",
-    "load_lengths",
     "compute_stats",
     "dynamic_padding_slots",
-    "recommend_budget",
     "format_report",
-    "LoadedLengths",
-    "StrategyStats",
-    "Stats",
-    "STRATEGIES",
+    "load_lengths",
+    "recommend_budget",
+    "run",
 ]
 
 
+def _default_name(data: str) -> str:
+    return f"{Path(data).expanduser().resolve().name}-warppack-stats.png"
+
+
 def _default_plot_path(data: str) -> Tuple[Path, str]:
-    path = Path(data).expanduser().resolve()
-    name = f"{path.name}-warppack-stats.png"
-    parent = path.parent
+    parent = Path(data).expanduser().resolve().parent
     if os.access(parent, os.W_OK):
-        return parent / name, "next to the data"
-    return Path.cwd() / name, "in the current folder (the data's folder is not writable)"
+        return parent / _default_name(data), "next to the data"
+    return Path.cwd() / _default_name(data), "in the current folder (the data's folder is not writable)"
 
 
-def _positive(name: str, value: Optional[int]) -> None:
-    if value is not None and value <= 0:
-        raise CliError(f"{name} must be a positive number of tokens, got {value}", EXIT_USAGE)
+def _plot_path(args: argparse.Namespace) -> Tuple[Optional[Path], str]:
+    """Where the PNG goes (None: no plot) and how that was decided, checked before any work."""
+    if args.no_plot:
+        return None, ""
+    if args.plot is None:
+        return _default_plot_path(args.data)
+    path = Path(args.plot).expanduser()
+    if path.is_dir():
+        return path / _default_name(args.data), "--plot names a folder"
+    suffix = path.suffix.lower()
+    if suffix == "":
+        return path.with_name(path.name + ".png"), "--plot, .png added"
+    if suffix != ".png":
+        raise CliError(
+            f"--plot {args.plot}: the plot is a PNG; name the file *.png (or give no extension: .png is added)",
+            EXIT_USAGE,
+        )
+    return path, "--plot"
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    for flag, value in (("--max-tokens", args.max_tokens), ("--batch-size", args.batch_size),
+                        ("--max-length", args.max_length), ("--buffer-size", args.buffer_size)):
+        check_count(value, flag=flag, example=8 if flag == "--batch-size" else 8192)
+    check_count(args.seed, flag="--seed", example=0, minimum=0, maximum=2**64 - 1)
+    check_fraction(args.target_efficiency, flag="--target-efficiency", closed_above=True)
+
+
+def _compute(loaded: LoadedLengths, args: argparse.Namespace) -> Stats:
+    """The numbers, with what they refuse as the exit code a script can test."""
+    try:
+        return compute_stats(
+            loaded.lengths,
+            args.max_tokens,
+            overlong=args.overlong,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            buffer_size=args.buffer_size,
+            target_efficiency=args.target_efficiency,
+            seed=args.seed,
+        )
+    except Overlong as error:
+        raise CliError(
+            f"{error.count:,} examples are longer than --max-tokens {error.max_tokens:,} (the first is example "
+            f"{error.index}, {error.length:,} tokens); raise --max-tokens or pass --overlong truncate/split",
+            EXIT_USAGE,
+        ) from None
+    except TooManyPieces as error:
+        raise CliError(
+            f"--overlong split with --max-tokens {error.max_tokens:,} cuts the examples into {error.pieces:,} "
+            f"sequences, more than the {error.limit:,} stats plans; raise --max-tokens or pass --overlong truncate",
+            EXIT_USAGE,
+        ) from None
+    except NothingToPack as error:
+        raise CliError(str(error), EXIT_NOTHING_TO_PACK) from None
+    except BadLength as error:
+        raise CliError(str(error), EXIT_BAD_COLUMN) from None
+    except (TypeError, ValueError) as error:
+        raise CliError(str(error), EXIT_USAGE) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,7 +138,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DATA",
         help="a HF datasets folder (save_to_disk), a .parquet/.arrow/.jsonl file, or a .npy of lengths",
     )
-    parser.add_argument("--max-tokens", type=int, required=True, metavar="N", help="token budget per batch")
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        default=None,
+        metavar="N",
+        help="token budget per batch (default: the recommended budget the report explains)",
+    )
     parser.add_argument(
         "--column", default="input_ids", help="column of token ids, or of integer lengths (default input_ids)"
     )
@@ -115,46 +184,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--plot",
         default=None,
         metavar="PATH",
-        help="where to write the PNG (default: DATA-warppack-stats.png next to the data, else in the current folder)",
+        help="where to write the PNG, a .png file or a folder (default: DATA-warppack-stats.png next to the "
+        "data, else in the current folder)",
     )
     plot.add_argument("--no-plot", action="store_true", help="write no PNG")
     parser.add_argument("--json", action="store_true", help="print the numbers as one JSON object instead of tables")
 
 
 def run(args: argparse.Namespace) -> int:
-    _positive("--max-tokens", args.max_tokens)
-    _positive("--batch-size", args.batch_size)
-    _positive("--max-length", args.max_length)
-    _positive("--buffer-size", args.buffer_size)
-    if not 0 < args.target_efficiency <= 1:
-        raise CliError(f"--target-efficiency must be in (0, 1], got {args.target_efficiency}", EXIT_USAGE)
-    if args.max_tokens >= 2**31:
-        raise CliError(f"--max-tokens {args.max_tokens} exceeds the int32 range of cu_seqlens", EXIT_USAGE)
+    _check_options(args)
+    plot_path, where = _plot_path(args)
     loaded = load_lengths(args.data, args.column, args.split)
-    stats = compute_stats(
-        loaded.lengths,
-        args.max_tokens,
-        overlong=args.overlong,
-        batch_size=args.batch_size,
-        max_length=args.max_length,
-        buffer_size=args.buffer_size,
-        target_efficiency=args.target_efficiency,
-        seed=args.seed,
-    )
-    plot_path: Optional[Path] = None
+    stats = _compute(loaded, args)
     plot_note = ""
-    if not args.no_plot:
+    if plot_path is not None:
         from warppack.cli import plots as _plots
 
-        if args.plot is not None:
-            plot_path, where = Path(args.plot).expanduser(), "--plot"
-        else:
-            plot_path, where = _default_plot_path(args.data)
         try:
             _plots.stats_figure(loaded.lengths[loaded.lengths > 0], stats, plot_path, title=loaded.source)
             plot_note = (
-                f"plot: {plot_path} ({where}): length histogram with the budget marked, and the fill "
-                f"of the batches; --plot PATH to choose, --no-plot to skip"
+                f"plot: {plot_path} ({where}): length histogram with the budget marked, and each strategy's "
+                f"efficiency against the budget; --plot PATH to choose, --no-plot to skip"
             )
         except _plots.MatplotlibMissing as error:
             if args.plot is not None:

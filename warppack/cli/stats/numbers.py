@@ -9,24 +9,29 @@ those imply (padded token slots / packed token slots).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from warppack.cli.errors import (
-    EXIT_BAD_COLUMN,
-    EXIT_NOTHING_TO_PACK,
-    EXIT_USAGE,
-    CliError,
+from warppack.cli.stats.budget import (
+    MAX_SPLIT_PIECES,
+    BudgetSweep,
+    recommend_budget,
+    split_pieces,
+    sweep_budgets,
+    sweep_efficiency,
 )
-from warppack.cli.stats.budget import SWEEP_FACTORS, recommend_budget
+from warppack.cli.stats.refusals import NothingToPack, Overlong, TooManyPieces, check_lengths
+from warppack.engine.options import DEFAULT_BUFFER_SIZE, check_int32_count, check_overlong
 from warppack.engine.plan import plan
 from warppack.progress import Progress
 
-__all__ = ["STRATEGIES", "StrategyStats", "Stats", "compute_stats", "dynamic_padding_slots"]
+__all__ = ["STRATEGIES", "Stats", "StrategyStats", "compute_stats", "dynamic_padding_slots"]
 
 STRATEGIES = ("bfd", "ffd", "online")
+
+
 @dataclass
 class StrategyStats:
     strategy: str
@@ -40,7 +45,6 @@ class StrategyStats:
     speedup_limit_vs_pad_to_max: float  # baseline token slots / packed token slots
     speedup_limit_vs_dynamic: float
     seconds: float
-    bin_fill: np.ndarray = field(repr=False)  # real tokens / budget, one per bin
 
 
 @dataclass
@@ -60,7 +64,9 @@ class Stats:
     dynamic_batch_size_assumed: bool
     dynamic_slots: int
     strategies: List[StrategyStats]
-    recommended: Optional[Dict[str, Any]] = None
+    recommended: Dict[str, Any]
+    max_tokens_given: bool  # False: max_tokens is the recommended budget
+    sweep: BudgetSweep
 
     @property
     def pad_to_max_padding(self) -> float:
@@ -76,6 +82,7 @@ class Stats:
             "empty_examples_ignored": self.empty,
             "tokens": self.tokens,
             "max_tokens": self.max_tokens,
+            "max_tokens_given": self.max_tokens_given,
             "overlong": self.overlong,
             "longer_than_budget": self.longer_than_budget,
             "tokens_cut": self.tokens_cut,
@@ -108,6 +115,7 @@ class Stats:
                 for s in self.strategies
             },
             "recommended": self.recommended,
+            "budget_sweep": self.sweep.to_json(),
         }
 
 
@@ -147,59 +155,68 @@ def _pieces(lengths: np.ndarray, max_tokens: int, overlong: str) -> np.ndarray:
 
 def compute_stats(
     lengths: np.ndarray,
-    max_tokens: int,
+    max_tokens: Optional[int] = None,
     *,
     overlong: str = "truncate",
     batch_size: Optional[int] = None,
     max_length: Optional[int] = None,
-    buffer_size: int = 1024,
+    buffer_size: int = DEFAULT_BUFFER_SIZE,
     strategies: Tuple[str, ...] = STRATEGIES,
-    recommend: bool = True,
     target_efficiency: float = 0.99,
     seed: int = 0,
 ) -> Stats:
-    """Plan ``lengths`` with every strategy and compare with padding (see the module docstring)."""
+    """Plan ``lengths`` with every strategy and compare with padding (see the module docstring).
+
+    Without ``max_tokens`` the recommended budget is used. Bad input raises the ValueErrors of
+    :mod:`warppack.cli.stats.refusals`.
+    """
     lengths = np.asarray(lengths, dtype=np.int64)
-    if (lengths < 0).any():
-        index = int(np.argmax(lengths < 0))
-        raise CliError(f"example {index} has a negative length ({int(lengths[index])})", EXIT_BAD_COLUMN)
+    check_lengths(lengths)
+    overlong = check_overlong(overlong)
     empty = int((lengths == 0).sum())
     nonempty = lengths[lengths > 0] if empty else lengths
     if len(nonempty) == 0:
         what = "there are no examples" if len(lengths) == 0 else f"all {len(lengths):,} examples are empty"
-        raise CliError(f"nothing to pack: {what}", EXIT_NOTHING_TO_PACK)
-    longer = int((nonempty > max_tokens).sum())
-    if longer and overlong == "error":
-        index = int(np.argmax(lengths > max_tokens))
-        raise CliError(
-            f"{longer:,} examples are longer than --max-tokens {max_tokens:,} (the first is example "
-            f"{index}, {int(lengths[index]):,} tokens); raise --max-tokens or pass --overlong truncate/split",
-            EXIT_USAGE,
-        )
-    pieces = _pieces(nonempty, max_tokens, overlong)
-    tokens = int(pieces.sum())
-    tokens_cut = int(nonempty.sum()) - tokens
-    longest_piece = int(pieces.max())
-    pad_length = max(longest_piece, int(max_length or 0))
-    pad_slots = len(pieces) * pad_length
-    assumed = batch_size is None
-    batch = 8 if batch_size is None else int(batch_size)
-    dyn_slots = dynamic_padding_slots(pieces, batch, seed=seed)
+        raise NothingToPack(f"nothing to pack: {what}")
+    given = max_tokens is not None
+    if max_tokens is not None:
+        max_tokens = check_int32_count(max_tokens)
+        longer_mask = lengths > max_tokens
+        if overlong == "error" and longer_mask.any():
+            index = int(np.argmax(longer_mask))
+            raise Overlong(
+                count=int(longer_mask.sum()), index=index, length=int(lengths[index]), max_tokens=max_tokens
+            )
+        if overlong == "split":
+            count = split_pieces(nonempty, max_tokens)
+            if count > MAX_SPLIT_PIECES:
+                raise TooManyPieces(pieces=count, limit=MAX_SPLIT_PIECES, max_tokens=max_tokens)
 
-    steps = len(strategies) + (len(SWEEP_FACTORS) + 1 if recommend else 0)
-    results = []
-    recommended = None
+    budgets = sweep_budgets(int(nonempty.max()), max_tokens)
+    swept = tuple(dict.fromkeys(("bfd", *strategies)))  # bfd's curve chooses the recommended budget
+    steps = len(swept) * len(budgets) + 1 + len(strategies)
     with Progress(steps, desc=f"planning {len(nonempty):,} lengths", unit="plan") as bar:
+        sweep = sweep_efficiency(
+            nonempty, budgets, strategies=swept, overlong=overlong, buffer_size=buffer_size, seed=seed, bar=bar
+        )
+        recommended = recommend_budget(
+            nonempty, target_efficiency=target_efficiency, given=max_tokens, seed=seed, bar=bar, sweep=sweep
+        )
+        budget = recommended["max_tokens"] if max_tokens is None else max_tokens
+        pieces = _pieces(nonempty, budget, overlong)
+        tokens = int(pieces.sum())
+        pad_length = max(int(pieces.max()), int(max_length or 0))
+        pad_slots = len(pieces) * pad_length
+        batch = 8 if batch_size is None else int(batch_size)
+        dyn_slots = dynamic_padding_slots(pieces, batch, seed=seed)
+        results = []
         for strategy in strategies:
             bar.set_description(f"planning {len(nonempty):,} lengths ({strategy})")
             start = time.perf_counter()
-            p = plan(
-                nonempty, max_tokens, strategy=strategy, overlong=overlong, buffer_size=buffer_size
-            )
+            p = plan(nonempty, budget, strategy=strategy, overlong=overlong, buffer_size=buffer_size)
             seconds = time.perf_counter() - start
             bar.update()
-            slots = p.num_bins * max_tokens
-            fill = p.bin_tokens() / max_tokens
+            slots = p.num_bins * budget
             results.append(
                 StrategyStats(
                     strategy=strategy,
@@ -213,29 +230,25 @@ def compute_stats(
                     speedup_limit_vs_pad_to_max=pad_slots / slots,
                     speedup_limit_vs_dynamic=dyn_slots / slots,
                     seconds=seconds,
-                    bin_fill=fill,
                 )
-            )
-        if recommend:
-            bar.set_description("sweeping budgets (bfd)")
-            recommended = recommend_budget(
-                nonempty, target_efficiency=target_efficiency, given=max_tokens, seed=seed, bar=bar
             )
     return Stats(
         examples=len(lengths),
         empty=empty,
         tokens=tokens,
-        max_tokens=max_tokens,
+        max_tokens=budget,
         overlong=overlong,
-        longer_than_budget=longer,
-        tokens_cut=tokens_cut,
+        longer_than_budget=int((nonempty > budget).sum()),
+        tokens_cut=int(nonempty.sum()) - tokens,
         pieces=len(pieces),
         longest=int(nonempty.max()),
         pad_to_max_length=pad_length,
         pad_to_max_slots=pad_slots,
         dynamic_batch_size=batch,
-        dynamic_batch_size_assumed=assumed,
+        dynamic_batch_size_assumed=batch_size is None,
         dynamic_slots=dyn_slots,
         strategies=results,
         recommended=recommended,
+        max_tokens_given=given,
+        sweep=sweep,
     )

@@ -37,7 +37,13 @@ def format_report(loaded: LoadedLengths, stats: Stats) -> str:
         f"lengths: min {int(lengths.min()):,}, median {q[0]:,}, mean {lengths.mean():,.1f}, "
         f"p99 {q[1]:,}, max {int(lengths.max()):,}"
     )
-    out.append(f"budget: {stats.max_tokens:,} tokens per batch (--max-tokens)")
+    if stats.max_tokens_given:
+        out.append(f"budget: {stats.max_tokens:,} tokens per batch (--max-tokens)")
+    else:
+        out.append(
+            f"budget: {stats.max_tokens:,} tokens per batch (recommended: the budget below, as no "
+            f"--max-tokens was given)"
+        )
     if stats.longer_than_budget:
         if stats.overlong == "truncate":
             effect = f"truncated to the budget, {stats.tokens_cut:,} tokens ({stats.tokens_cut / (stats.tokens + stats.tokens_cut):.2%}) cut"
@@ -89,20 +95,19 @@ def format_report(loaded: LoadedLengths, stats: Stats) -> str:
         "can give (attention's per-sequence cost aside)"
     )
     rec = stats.recommended
-    if rec:
-        sampled = f", on a random sample of {rec['sampled']:,}" if rec["sampled"] < len(lengths) else ""
-        out += [
-            "",
-            f"recommended budget: --max-tokens {rec['max_tokens']:,} (bfd {rec['efficiency']:.2%} "
-            f"efficient{sampled}): {rec['reason']}.",
-            ("  Larger budgets pack about as well; " if rec["efficiency"] >= rec["target_efficiency"] else "  ")
-            + "GPU memory sets the upper limit: `warppack calibrate MODEL_DIR` measures it.",
-        ]
-        alt = rec.get("split_alternative")
-        if alt:
-            out.append(
-                f"  or, if {rec['max_tokens']:,} tokens do not fit in memory: keep --max-tokens "
-                f"{alt['max_tokens']:,} with --overlong split: no token lost, bfd {alt['efficiency']:.2%} "
-                f"efficient ({alt['examples_split']:,} examples split into chunks{sampled})."
-            )
+    sampled = f", on a random sample of {rec['sampled']:,}" if rec["sampled"] < len(lengths) else ""
+    out += [
+        "",
+        f"recommended budget: --max-tokens {rec['max_tokens']:,} (bfd {rec['efficiency']:.2%} "
+        f"efficient{sampled}): {rec['reason']}.",
+        ("  Larger budgets pack about as well; " if rec["efficiency"] >= rec["target_efficiency"] else "  ")
+        + "GPU memory sets the upper limit: `warppack calibrate MODEL_DIR` measures it.",
+    ]
+    alt = rec.get("split_alternative")
+    if alt:
+        out.append(
+            f"  or, if {rec['max_tokens']:,} tokens do not fit in memory: keep --max-tokens "
+            f"{alt['max_tokens']:,} with --overlong split: no token lost, bfd {alt['efficiency']:.2%} "
+            f"efficient ({alt['examples_split']:,} examples split into chunks{sampled})."
+        )
     return "\n".join(out)

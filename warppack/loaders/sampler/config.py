@@ -10,13 +10,15 @@ import numpy as np
 
 from warppack.distributed import resolve_replicas
 from warppack.engine.options import (
+    check_flag,
     check_int32_count,
+    check_max_seqs_per_bin,
     check_overlong,
     check_seed,
     check_strategy,
 )
 from warppack.engine.plan import as_lengths_array
-from warppack.loaders.state import lengths_fingerprint
+from warppack.loaders.state import check_positive_lengths, lengths_fingerprint
 
 __all__ = ["SamplerConfig", "STATE_FORMAT", "CHECKED"]
 
@@ -71,16 +73,13 @@ class SamplerConfig:
             )
         check_overlong(overlong, allowed=("error", "truncate"))
         if max_seqs_per_bin is not None:
-            max_seqs_per_bin = check_int32_count(max_seqs_per_bin, name="max_seqs_per_bin")
+            max_seqs_per_bin = check_max_seqs_per_bin(max_seqs_per_bin)
         seed = check_seed(seed)
+        shuffle, drop_last = check_flag(shuffle, name="shuffle"), check_flag(drop_last, name="drop_last")
+        interleaved = check_flag(interleaved, name="interleaved")
         array = as_lengths_array(lengths)
+        check_positive_lengths(array)
         if len(array):
-            low = int(np.argmin(array))
-            if array[low] <= 0:
-                raise ValueError(
-                    f"lengths[{low}] = {int(array[low])}: every example needs at least one token; filter "
-                    f"empty examples out of the dataset (and their lengths) first"
-                )
             high = int(np.argmax(array))
             if overlong == "error" and array[high] > budget:
                 raise ValueError(
@@ -90,9 +89,9 @@ class SamplerConfig:
                 )
         world, rank_ = resolve_replicas(num_replicas, rank, owner="PackedBatchSampler")
         return cls(
-            lengths=array, max_tokens=budget, shuffle=bool(shuffle), seed=int(seed), drop_last=bool(drop_last),
-            strategy=strategy, num_replicas=world, rank=rank_, max_seqs_per_bin=max_seqs_per_bin,
-            overlong=overlong, interleaved=bool(interleaved),
+            lengths=array, max_tokens=budget, shuffle=shuffle, seed=seed, drop_last=drop_last, strategy=strategy,
+            num_replicas=world, rank=rank_, max_seqs_per_bin=max_seqs_per_bin, overlong=overlong,
+            interleaved=interleaved,
         )
 
     @cached_property

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable, Iterator, List, Sequence
 
 from warppack.loaders.sampler.layout import Layout
-from warppack.loaders.state import Generation
+from warppack.loaders.state import Generation, OneThread
 
 __all__ = ["BatchIterator"]
 
@@ -21,11 +21,6 @@ class BatchIterator(Iterator[List[int]]):
     def __init__(self, layout: Layout, *, epoch: int, history: Sequence[Sequence[int]], start: int,
                  generation: Generation, num_replicas: int, rank: int, interleaved: bool,
                  on_step: Callable[["BatchIterator", bool], None]) -> None:
-        if start > layout.num_steps:
-            raise ValueError(
-                f"the loaded state is at step {start} of epoch {epoch}, but this epoch has only "
-                f"{layout.num_steps} steps here: the state does not belong to this sampler"
-            )
         self.layout = layout
         self.epoch = epoch
         self.history = [list(h) for h in history]
@@ -37,6 +32,7 @@ class BatchIterator(Iterator[List[int]]):
         # interleaved: one slot per (step, rank), all ranks' batches in turn; else one slot per step.
         self.slot = start * (num_replicas if interleaved else 1)
         self.started = False
+        self.one_thread = OneThread("PackedBatchSampler")
 
     @property
     def step(self) -> int:
@@ -47,17 +43,19 @@ class BatchIterator(Iterator[List[int]]):
         return self
 
     def __next__(self) -> List[int]:
-        self._owner_generation.check(self.generation, epoch=self.epoch)
-        first, self.started = not self.started, True
-        self._on_step(self, first)
-        grid = self.layout.grid
-        if self._interleaved:
-            if self.slot >= grid.size:
-                raise StopIteration
-            step, rank = divmod(self.slot, self._num_replicas)
-        else:
-            if self.slot >= grid.shape[0]:
-                raise StopIteration
-            step, rank = self.slot, self._rank
-        self.slot += 1
-        return self.layout.batch(step, rank)
+        with self.one_thread:
+            self._owner_generation.check(self.generation, epoch=self.epoch)
+            first, self.started = not self.started, True
+            self._on_step(self, first)
+            grid = self.layout.grid
+            if self._interleaved:
+                if self.slot >= grid.size:
+                    raise StopIteration
+                step, rank = divmod(self.slot, self._num_replicas)
+            else:
+                if self.slot >= grid.shape[0]:
+                    raise StopIteration
+                step, rank = self.slot, self._rank
+            batch = self.layout.batch(step, rank)
+            self.slot += 1
+            return batch

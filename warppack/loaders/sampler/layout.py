@@ -222,14 +222,19 @@ def _schedule(bins: Bins, live: np.ndarray, world: int, *, rng: np.random.Genera
 
 
 class Layout:
-    """The grid of one epoch on one world size: ``grid[step, rank]`` is a bin id of ``bins`` (-1: empty)."""
+    """The grid of one epoch on one world size: ``grid[step, rank]`` is a bin id of ``bins`` (-1: empty).
 
-    __slots__ = ("bins", "grid", "steps_before")
+    ``replayed[i]`` is how many steps the layout of ``history[i]`` had: a saved history must not
+    claim more (its bins would be taken as done, and the epoch would end early).
+    """
 
-    def __init__(self, bins: Bins, grid: np.ndarray, steps_before: int) -> None:
+    __slots__ = ("bins", "grid", "steps_before", "replayed")
+
+    def __init__(self, bins: Bins, grid: np.ndarray, steps_before: int, replayed: Sequence[int] = ()) -> None:
         self.bins = bins
         self.grid = grid
         self.steps_before = steps_before  # steps run earlier this epoch on other world sizes
+        self.replayed = list(replayed)
 
     @property
     def num_steps(self) -> int:
@@ -266,10 +271,12 @@ def epoch_layout(config: SamplerConfig, planned: Bins, epoch: int, history: Sequ
     """
     bins = planned.fork()
     live = np.arange(bins.num_bins, dtype=np.int64)
+    replayed = []
     for segment, (world, steps) in enumerate(history):
         bins, grid = _schedule(bins, live, world, rng=_rng(config.seed, epoch, 1 + segment), config=config)
+        replayed.append(int(grid.shape[0]))
         rest = grid[steps:].ravel()
         live = rest[rest >= 0]
     bins, grid = _schedule(bins, live, config.num_replicas, rng=_rng(config.seed, epoch, 1 + len(history)),
                            config=config)
-    return Layout(bins, grid, sum(steps for _, steps in history))
+    return Layout(bins, grid, sum(steps for _, steps in history), replayed)

@@ -25,12 +25,20 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from torch.utils.data import Sampler
 
+from warppack.distributed import MAX_REPLICAS
 from warppack.engine.options import check_int
 from warppack.loaders.sampler.bins import Bins
 from warppack.loaders.sampler.config import CHECKED, STATE_FORMAT, SamplerConfig
 from warppack.loaders.sampler.iterator import BatchIterator
 from warppack.loaders.sampler.layout import Layout, epoch_bins, epoch_layout
-from warppack.loaders.state import Fixed, Generation, check_epoch, check_saved_options
+from warppack.loaders.state import (
+    EPOCH_MAX,
+    Fixed,
+    Generation,
+    SavedFields,
+    check_epoch,
+    check_saved_options,
+)
 
 __all__ = ["PackedBatchSampler"]
 
@@ -55,6 +63,12 @@ class PackedBatchSampler(Sampler[List[int]]):
     overlong="truncate")``). ``interleaved=True`` yields the batches of all ranks step by step
     (``len() = steps × num_replicas``) for wrappers that deal batches to ranks themselves —
     ``accelerate.Accelerator.prepare`` and HF ``Trainer`` do.
+
+    Concurrency: one pass at a time per sampler — ``iter()`` starts a new pass and the previous
+    iterator raises ``RuntimeError`` on its next batch. One thread at a time: a second thread calling
+    ``next()`` while a batch is being handed out gets ``RuntimeError``; ``state_dict()`` waits for that
+    batch. The DataLoader runs a batch sampler in the main process and sends only the indices to its
+    worker processes, so any ``num_workers`` is safe; each rank builds its own sampler.
 
     Examples:
         >>> s = PackedBatchSampler([4, 4, 4, 4, 2], max_tokens=8, shuffle=False)
@@ -128,6 +142,7 @@ class PackedBatchSampler(Sampler[List[int]]):
 
     # -- Sampler -----------------------------------------------------------------------------
     def __iter__(self) -> BatchIterator:
+        self._generation.advance("iter() was called again", new_pass=True)
         iterator = BatchIterator(
             self._layout(self._epoch, self._history), epoch=self._epoch, history=self._history, start=self._start,
             generation=self._generation, num_replicas=self.num_replicas, rank=self.rank,
@@ -175,7 +190,8 @@ class PackedBatchSampler(Sampler[List[int]]):
         """
         live = self._current()
         if live is not None:
-            epoch, history, start, step = live.epoch, live.history, live.start, live.step
+            with live.one_thread.lock:  # not half-way through a batch another thread is taking
+                epoch, history, start, step = live.epoch, live.history, live.start, live.step
         else:
             epoch, history, start, step = self._epoch, self._history, self._start, self._start
         if consumed is not None:
@@ -199,18 +215,34 @@ class PackedBatchSampler(Sampler[List[int]]):
         """Resume where ``state`` was taken: the next pass yields exactly the rest of that epoch.
 
         Refuses (``ValueError``, listing the fields) a state from other lengths, budget, seed or
-        packing options. A state from another world size keeps exactly-once: the bins no rank had
-        reached are dealt again over the current ranks.
+        packing options, and one whose position fields are of the wrong type or out of range for this
+        plan (naming the field). A state from another world size keeps exactly-once: the bins no rank
+        had reached are dealt again over the current ranks.
         """
         check_saved_options(state, expected_format=STATE_FORMAT, options=self._config.saved_options(),
                             checked=CHECKED, owner="PackedBatchSampler", noun="sampler", absent_ok=False)
-        epoch, step, saved_world = int(state["epoch"]), int(state["step"]), int(state["num_replicas"])
-        history = [list(map(int, h)) for h in state["history"]]
-        if step < 0 or epoch < 0:
-            raise ValueError(f"corrupt state: epoch={epoch}, step={step}")
+        fields = SavedFields(state, owner="PackedBatchSampler", noun="sampler")
+        epoch = fields.integer("epoch", fields.get("epoch"), maximum=EPOCH_MAX)
+        step = fields.integer("step", fields.get("step"))
+        saved_world = fields.integer("num_replicas", fields.get("num_replicas"), minimum=1, maximum=MAX_REPLICAS)
+        fields.integer("rank", fields.get("rank"), maximum=saved_world - 1)
+        history = []
+        for i, segment in enumerate(fields.items("history", fields.get("history"))):
+            world, steps = fields.items(f"history[{i}]", segment, length=2)
+            history.append([fields.integer(f"history[{i}][0] (num_replicas)", world, minimum=1, maximum=MAX_REPLICAS),
+                            fields.integer(f"history[{i}][1] (steps)", steps, minimum=1)])
+        saved_history = len(history)
         if saved_world != self.num_replicas and step > 0:
             # The saved world size consumed `step` steps of its layout; the rest is re-dealt here.
             history, step = history + [[saved_world, step]], 0
+        # Planned now (and cached for the pass that follows) to check every step count against it.
+        layout = self._layout(epoch, history)
+        for i, ((_, steps), had) in enumerate(zip(history, layout.replayed)):
+            if steps > had:
+                field, value = (f"history[{i}]", history[i]) if i < saved_history else ("step", steps)
+                fields.fail(field, value, f"epoch {epoch} has only {had} steps on {history[i][0]} ranks")
+        if step > layout.num_steps:
+            fields.fail("step", step, f"epoch {epoch} has only {layout.num_steps} steps on {self.num_replicas} ranks")
         self._generation.advance(f"load_state_dict(epoch={epoch}, step={step})")
         self._epoch, self._history, self._start = epoch, history, step
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Callable, Dict, List, Optional
@@ -10,13 +11,15 @@ import numpy as np
 
 from warppack.distributed import resolve_replicas
 from warppack.engine.options import (
+    check_flag,
     check_int,
     check_int32_count,
+    check_max_seqs_per_bin,
     check_overlong,
     check_seed,
 )
 from warppack.engine.plan import as_lengths_array
-from warppack.loaders.state import lengths_fingerprint
+from warppack.loaders.state import check_positive_lengths, lengths_fingerprint
 from warppack.loaders.stream.shards import indexed
 
 __all__ = ["IterableConfig", "STATE_FORMAT", "CHECKED"]
@@ -67,11 +70,17 @@ class IterableConfig:
         budget = check_int32_count(max_tokens)
         buffer_size = check_int32_count(buffer_size, name="buffer_size")
         if max_seqs_per_bin is not None:
-            max_seqs_per_bin = check_int32_count(max_seqs_per_bin, name="max_seqs_per_bin")
+            max_seqs_per_bin = check_max_seqs_per_bin(max_seqs_per_bin)
         check_overlong(overlong)
         seed = check_seed(seed)
+        shuffle = check_flag(shuffle, name="shuffle")
         if isinstance(source, (str, bytes)):
             raise TypeError("source must be a collection or stream of examples, got a string")
+        if isinstance(source, Mapping):
+            raise TypeError(
+                f"source is a mapping ({type(source).__name__}), not a collection of examples; pass one split "
+                f"(e.g. source=dataset_dict['train']) or a list of examples"
+            )
         is_indexed = indexed(source)
         if not is_indexed:
             if hasattr(source, "__iter__"):
@@ -94,7 +103,14 @@ class IterableConfig:
             )
         if collator is None:
             collator = _default_collator(budget)
+        elif not callable(collator):
+            raise TypeError(
+                f"collator must be a function from a list of examples to a batch, got {collator!r} of type "
+                f"{type(collator).__name__}; pass e.g. collator=warppack.PackedCollator({budget}) or leave it None"
+            )
         array = None if lengths is None else as_lengths_array(lengths)
+        if array is not None:
+            check_positive_lengths(array)
         if array is not None and is_indexed and len(array) != len(source):
             raise ValueError(
                 f"lengths has {len(array)} entries but the source holds {len(source)} examples; pass "
@@ -105,7 +121,7 @@ class IterableConfig:
             num_workers = check_int(num_workers, name="num_workers", minimum=0, example=2)
         return cls(
             source=source, max_tokens=budget, buffer_size=buffer_size, collator=collator, lengths=array,
-            shuffle=bool(shuffle), seed=int(seed), max_seqs_per_bin=max_seqs_per_bin, overlong=overlong,
+            shuffle=shuffle, seed=seed, max_seqs_per_bin=max_seqs_per_bin, overlong=overlong,
             num_replicas=world, rank=rank_, num_workers=num_workers, indexed=is_indexed,
         )
 

@@ -24,14 +24,15 @@ import warnings
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
-from torch.utils.data import IterableDataset
+from torch.utils.data import IterableDataset, get_worker_info
 
 from warppack.engine.options import DEFAULT_BUFFER_SIZE
 from warppack.loaders.state import Fixed, Generation, check_epoch, check_saved_options
 from warppack.loaders.stream.config import CHECKED, STATE_FORMAT, IterableConfig
+from warppack.loaders.stream.epoch import SharedEpoch
+from warppack.loaders.stream.saved import check_position
 from warppack.loaders.stream.shards import empties_for, shard_counts, worker_placement
 from warppack.loaders.stream.stream import (
-    POSITION_KEYS,
     Stream,
     StreamBudget,
     check_same_split,
@@ -61,6 +62,14 @@ class PackedIterableDataset(IterableDataset):
     ``state_dict()``/``load_state_dict()`` capture the position and the packer's window, so a resumed
     pass yields exactly the batches the uninterrupted one would have. With DataLoader workers the
     state lives in the workers: use torchdata's ``StatefulDataLoader``.
+
+    Concurrency: one pass at a time per object — ``iter()`` starts a new pass and the previous
+    iterator raises ``RuntimeError`` on its next batch. One thread at a time: a second thread calling
+    ``next()`` while a batch is being made gets ``RuntimeError``; ``state_dict()`` waits for that batch.
+    Safe to hand to DataLoader worker processes (fork or spawn, persistent or not): each worker
+    iterates its own copy over a disjoint shard, and ``set_epoch()`` in the main process reaches
+    persistent workers at their next pass (through shared memory; a mid-epoch position does not:
+    use ``StatefulDataLoader``). The source and the collator are called from that one thread.
 
     >>> ds = PackedIterableDataset([{"input_ids": [1] * n} for n in (3, 3, 3)], max_tokens=6,
     ...                            lengths=[3, 3, 3], num_workers=0)
@@ -106,6 +115,7 @@ class PackedIterableDataset(IterableDataset):
         )
         self._generation = Generation("PackedIterableDataset")
         self._epoch = 0
+        self._shared_epoch = SharedEpoch(0)  # set_epoch() of the main process, for persistent workers
         self._resume: Optional[Dict[str, Any]] = None  # a loaded position, for the next pass
         self._live: Optional[Stream] = None
         self._steps_equalized = False  # set by warppack.equal_steps(loader): no warning then
@@ -125,8 +135,17 @@ class PackedIterableDataset(IterableDataset):
         return self._epoch
 
     def set_epoch(self, epoch: int) -> None:
-        """Read epoch ``epoch`` next (with ``shuffle``, a new order from ``seed``); forwarded to the source."""
+        """Read epoch ``epoch`` next (with ``shuffle``, a new order from ``seed``); forwarded to the source.
+
+        Called in the main process, it also reaches DataLoader workers that outlive a pass
+        (``persistent_workers=True``) when they start their next one.
+        """
         epoch = check_epoch(epoch)
+        if get_worker_info() is None:
+            self._shared_epoch.publish(epoch)
+        self._switch_epoch(epoch)
+
+    def _switch_epoch(self, epoch: int) -> None:
         if hasattr(self.source, "set_epoch"):
             self.source.set_epoch(epoch)
         if epoch == self._epoch:
@@ -182,6 +201,10 @@ class PackedIterableDataset(IterableDataset):
 
     # -- iteration ---------------------------------------------------------------------------
     def __iter__(self) -> Stream:
+        published = self._shared_epoch.news()  # only in a worker copy: the main process set an epoch since
+        if published is not None:
+            self._switch_epoch(published)
+        self._generation.advance("iter() was called again", new_pass=True)
         workers, worker = worker_placement(self.source, num_workers=self.num_workers,
                                            has_lengths=self.lengths is not None)
         world, rank = self.num_replicas, self.rank
@@ -232,9 +255,13 @@ class PackedIterableDataset(IterableDataset):
         # States of older versions may lack a checked field: only the fields a state holds must match.
         check_saved_options(state, expected_format=STATE_FORMAT, options=self._config.saved_options(),
                             checked=CHECKED, owner="PackedIterableDataset", noun="dataset", absent_ok=True)
-        self._generation.advance(f"load_state_dict(epoch={state['epoch']})")
-        self._epoch = int(state["epoch"])
-        self._resume = {k: state[k] for k in POSITION_KEYS}
+        position = check_position(state, max_tokens=self.max_tokens, max_seqs_per_bin=self.max_seqs_per_bin,
+                                  num_examples=len(self.source) if self._config.indexed else None)
+        self._generation.advance(f"load_state_dict(epoch={position['epoch']})")
+        self._epoch = position["epoch"]
+        self._resume = position
+        if get_worker_info() is None:
+            self._shared_epoch.publish(self._epoch)
         if hasattr(self.source, "set_epoch"):
             self.source.set_epoch(self._epoch)
 

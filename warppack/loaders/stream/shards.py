@@ -16,7 +16,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from warppack.engine.plan import plan
 
-__all__ = ["self_sharding", "indexed", "worker_placement", "shard_counts", "empties_for"]
+__all__ = ["empties_for", "indexed", "owned_count", "self_sharding", "shard_counts", "shard_span", "worker_placement"]
 
 
 def self_sharding(source: Any) -> bool:
@@ -49,6 +49,16 @@ def worker_placement(source: Any, *, num_workers: Optional[int], has_lengths: bo
             )
         return 1, 0  # the source already gives this worker its own examples
     return workers, worker
+
+
+def shard_span(world: int, rank: int, workers: int, worker: int) -> Tuple[int, int]:
+    """(first position, step between positions) of the (rank, worker) shard."""
+    return rank + world * worker, world * workers
+
+
+def owned_count(num_examples: int, offset: int, stride: int) -> int:
+    """Positions of a source of ``num_examples`` that the shard starting at ``offset`` reads."""
+    return max(0, -(-(num_examples - offset) // stride))
 
 
 def shard_counts(lengths: np.ndarray, world: int, workers: int, *, max_tokens: int, buffer_size: int,

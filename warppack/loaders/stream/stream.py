@@ -18,19 +18,19 @@ from typing import (
     List,
     NamedTuple,
     Optional,
+    Set,
     Tuple,
 )
 
 import numpy as np
 
 from warppack import _packer
-from warppack.loaders.state import Generation
+from warppack.loaders.state import Generation, OneThread, SavedFields
+from warppack.loaders.stream.saved import state_fields
+from warppack.loaders.stream.shards import owned_count, shard_span
 
-__all__ = ["POSITION_KEYS", "Stream", "StreamBudget", "check_same_split", "fresh_position"]
+__all__ = ["Stream", "StreamBudget", "check_same_split", "fresh_position"]
 
-#: The keys of a saved stream position (the rest of a state are the checked options).
-POSITION_KEYS = ("epoch", "num_replicas", "rank", "num_workers", "worker", "cursor", "next_key", "pending",
-                 "ready", "flushed", "yielded", "empties_done")
 _END = object()
 
 
@@ -91,8 +91,7 @@ class Stream(Iterator[Any]):
         self.epoch = epoch
         world, rank, workers, worker = placement
         self.world, self.rank, self.workers, self.worker = world, rank, workers, worker
-        self.stride = world * workers
-        self.offset = rank + world * worker
+        self.offset, self.stride = shard_span(world, rank, workers, worker)
         self.packer = _packer.OnlinePacker(budget.max_tokens, budget.max_seqs_per_bin, budget.buffer_size)
         self.pieces: Dict[int, Tuple[int, int, int]] = {}  # key -> (position, start, size)
         self.cache: Dict[int, Any] = {}  # position -> example, while a piece of it waits
@@ -107,6 +106,7 @@ class Stream(Iterator[Any]):
         self.started = False
         self.iterator: Optional[Iterator[Any]] = None  # a streamed source, opened at the first read
         self.empties_target = empties_target
+        self.one_thread = OneThread("PackedIterableDataset")
         if resume is not None:
             self._restore(resume)
 
@@ -124,8 +124,7 @@ class Stream(Iterator[Any]):
         return islice(iter(base), self._position(first_k), None, self.stride)
 
     def _num_owned(self) -> int:
-        n = len(self.source)
-        return max(0, -(-(n - self.offset) // self.stride))
+        return owned_count(len(self.source), self.offset, self.stride)
 
     def _read(self) -> Any:
         """The next example of this shard, or _END."""
@@ -198,27 +197,32 @@ class Stream(Iterator[Any]):
         return self
 
     def __next__(self) -> Any:
-        self._owner_generation.check(self.generation, epoch=self.epoch)
-        first, self.started = not self.started, True
-        self._on_step(self, first)
-        while not self.ready:
-            if self.flushed:
-                if self.empties_done < self.empties_target:
-                    self.empties_done += 1
-                    self.yielded += 1
-                    return self.collate([])
-                self.finished = True
-                raise StopIteration
-            if not self._advance():
-                self.ready.extend(self.packer.flush())
-                self.flushed = True
-        keys = self.ready.popleft()
-        examples = [self._take(int(key)) for key in keys]
-        self.yielded += 1
-        return self.collate(examples)
+        with self.one_thread:
+            self._owner_generation.check(self.generation, epoch=self.epoch)
+            first, self.started = not self.started, True
+            self._on_step(self, first)
+            while not self.ready:
+                if self.flushed:
+                    if self.empties_done < self.empties_target:
+                        self.empties_done += 1
+                        self.yielded += 1
+                        return self.collate([])
+                    self.finished = True
+                    raise StopIteration
+                if not self._advance():
+                    self.ready.extend(self.packer.flush())
+                    self.flushed = True
+            keys = self.ready.popleft()
+            examples = [self._take(int(key)) for key in keys]
+            self.yielded += 1
+            return self.collate(examples)
 
     # -- state -------------------------------------------------------------------------------
     def state(self) -> Dict[str, Any]:
+        with self.one_thread.lock:  # not half-way through a batch another thread is taking
+            return self._state()
+
+    def _state(self) -> Dict[str, Any]:
         pending = [[int(k), *self.pieces[int(k)]] for k in self.packer.pending()]
         ready = [[[int(k), *self.pieces[int(k)]] for k in keys] for keys in self.ready]
         return {
@@ -229,36 +233,57 @@ class Stream(Iterator[Any]):
         }
 
     def _restore(self, state: Dict[str, Any]) -> None:
-        self.cursor, self.next_key = int(state["cursor"]), int(state["next_key"])
-        self.flushed, self.yielded = bool(state["flushed"]), int(state["yielded"])
-        self.empties_done = int(state["empties_done"])
-        needed = set()  # positions of examples that pieces still wait on
-        for key, position, start, size in state["pending"]:
-            self.pieces[key] = (position, start, size)
+        """Continue from a position ``check_position`` accepted; what only the examples can tell is checked here."""
+        fields = state_fields(state)
+        self.cursor, self.next_key = state["cursor"], state["next_key"]
+        self.flushed, self.yielded, self.empties_done = state["flushed"], state["yielded"], state["empties_done"]
+        if self.empties_done > self.empties_target:
+            fields.fail("empties_done", self.empties_done,
+                        f"this stream ends with {self.empties_target} empty batches this epoch")
+        labels = {}  # key -> the field that saved the piece, for errors
+        for i, (key, position, start, size) in enumerate(state["pending"]):
+            self.pieces[key], labels[key] = (position, start, size), f"pending[{i}]"
             if self.packer.push(key, size):  # the window held these, so no push can close a bin
-                raise ValueError("corrupt PackedIterableDataset state: its pending window does not fit the budget")
-            needed.add(position)
-        for keys in state["ready"]:
-            for key, position, start, size in keys:
-                self.pieces[key] = (position, start, size)
-                needed.add(position)
+                budget = self.budget
+                fields.fail("pending", state["pending"], f"more than one window of buffer_size={budget.buffer_size} "
+                                                         f"open bins under max_tokens={budget.max_tokens}")
+        for b, keys in enumerate(state["ready"]):
+            for i, (key, position, start, size) in enumerate(keys):
+                self.pieces[key], labels[key] = (position, start, size), f"ready[{b}][{i}]"
             self.ready.append(np.asarray([k[0] for k in keys], dtype=np.int64))
+        needed = set()  # positions of examples that pieces still wait on
         for position, *_ in self.pieces.values():
             self.refs[position] = self.refs.get(position, 0) + 1
+            needed.add(position)
         if self.indexed:
             for position in needed:
                 self.cache[position] = self._fetch_indexed(position)
-            return
-        # A plain stream cannot seek: read it again from the first example still waiting (islice
-        # skips the rest at C speed) and keep reading from the cursor afterwards.
-        first = min(((p - self.offset) // self.stride for p in needed), default=self.cursor)
+        else:
+            self._reread(needed, fields)
+        for key, (position, start, size) in self.pieces.items():
+            n = self._length(self.cache[position], position)
+            if (start, size) not in _pieces(n, self.budget.max_tokens, self.budget.overlong, position):
+                fields.fail(labels[key], [key, position, start, size],
+                            f"tokens {start}:{start + size} of the example at position {position} ({n} tokens) are not "
+                            f"a piece overlong={self.budget.overlong!r} makes")
+
+    def _reread(self, needed: Set[int], fields: SavedFields) -> None:
+        """Read a plain stream again up to the cursor, keeping the examples that pieces wait on.
+
+        A stream cannot seek: it is read from the first example still waiting, or the last one read
+        (islice skips the rest at C speed), which also proves the source has the examples the state
+        says were read.
+        """
+        first = min({(p - self.offset) // self.stride for p in needed} | ({self.cursor - 1} if self.cursor else set()),
+                    default=0)
         self.iterator = iterator = self._open_stream(first)
         for k in range(first, self.cursor):
             example = next(iterator, _END)
             if example is _END:
-                raise ValueError(
-                    f"the source ended at example {k} of this shard but the loaded state had read {self.cursor}: "
-                    f"the source is not the one the state was saved from"
-                )
+                fields.fail("cursor", self.cursor, f"the source holds only {k} examples of this shard: it is not the "
+                                                   f"source the state was saved from")
             if self._position(k) in needed:
                 self.cache[self._position(k)] = example
+        if self.flushed and next(iterator, _END) is not _END:
+            fields.fail("flushed", True, f"the stream is marked ended after {self.cursor} examples of this shard, but "
+                                         f"the source holds more")
