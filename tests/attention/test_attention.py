@@ -1,4 +1,4 @@
-"""warppack.attention.dispatch (the varlen dispatcher), _attention_exact (its exact paths), _attention_transformers."""
+"""warppack.attention.dispatch (the varlen dispatcher), .exact (its exact paths), .hf (the transformers glue)."""
 
 import inspect
 import subprocess
@@ -332,7 +332,7 @@ def test_import_registers_lazily_without_importing_transformers():
 
 def test_position_ids_only_packing_matches_cu_seqlens():
     # transformers' DataCollatorWithFlattening style: packed position_ids, no cu_seq_lens keys.
-    from model_helpers import hand_packed, random_sequences, tiny_model
+    from support.models import hand_packed, random_sequences, tiny_model
 
     model = tiny_model("mistral")
     batch = hand_packed(random_sequences([5, 1, 9]))
@@ -348,7 +348,7 @@ def test_position_ids_only_packing_matches_cu_seqlens():
 def test_models_through_flash_attn_pass_the_layer_features(fake_flash, family):
     # What transformers hands the attention (scaling, softcap, sliding_window, GQA heads) reaches
     # flash_attn_varlen_func in its own argument names, and the logits equal the exact path's.
-    from model_helpers import hand_packed, random_sequences, tiny_model
+    from support.models import hand_packed, random_sequences, tiny_model
 
     model = tiny_model(family)
     batch = hand_packed(random_sequences([5, 1, 9]))
@@ -372,7 +372,7 @@ def test_models_through_flash_attn_pass_the_layer_features(fake_flash, family):
 
 
 def test_training_forward_passes_the_attention_dropout_to_flash_attn(fake_flash):
-    from model_helpers import hand_packed, random_sequences, tiny_model
+    from support.models import hand_packed, random_sequences, tiny_model
 
     model = tiny_model("llama", attention_dropout=0.25).train()
     model(**hand_packed(random_sequences([5, 1, 9]))).loss.backward()
@@ -408,7 +408,7 @@ def test_batch_keys_are_the_ones_transformers_flash_attention_2_reads():
 
 
 def test_unpacked_batches_use_the_dense_exact_path_and_match_eager():
-    from model_helpers import tiny_model
+    from support.models import tiny_model
 
     ids = torch.randint(3, 90, (2, 7), generator=torch.Generator().manual_seed(0))
     ours, eager = tiny_model("llama"), tiny_model("llama", attn_implementation="eager")

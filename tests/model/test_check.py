@@ -90,3 +90,66 @@ def test_unignored_first_label_is_diagnosed():
     batch = dict(warppack.PackedCollator()([{"input_ids": [5, 6, 7]}, {"input_ids": [8, 9]}]))
     batch["labels"] = batch["input_ids"].clone()
     assert "first label" in diagnosis(tiny_model("llama"), batch=batch)
+
+
+# ---- careless input ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("model, kwargs, error, match", [
+    (None, {}, TypeError, r"model must be a torch.nn.Module .* got None"),
+    (torch.nn.Identity(), {}, ValueError, r"model=Identity has no floating-point parameters"),
+    ("llama", {"lengths": ()}, ValueError, r"lengths=\(\) needs at least two sequences"),
+    ("llama", {"lengths": (4,)}, ValueError, r"at least two sequences"),
+    ("llama", {"lengths": (4, 0)}, ValueError, r"lengths\[1\] must be an int >= 1, got 0"),
+    ("llama", {"lengths": "abc"}, TypeError, r"lengths must be a sequence of ints"),
+    ("llama", {"rtol": -1}, ValueError, r"rtol must be a positive finite relative tolerance .* got -1"),
+    ("llama", {"rtol": float("nan")}, ValueError, r"rtol must be a positive"),
+    ("llama", {"batch": [1, 2]}, TypeError, r"batch must be a mapping"),
+    ("llama", {"seed": 1.5}, TypeError, r"seed must be an int"),
+])
+def test_careless_arguments_get_clear_errors(model, kwargs, error, match):
+    model = tiny_model(model) if model == "llama" else model
+    with pytest.raises(error, match=match):
+        warppack.check_model(model, **kwargs)
+
+
+# ---- every input form, and true fixes -------------------------------------------------------------------------------
+def _qwen2_vl():
+    """Multimodal RoPE: 2-D position_ids alone cannot reach the text attention (transformers expects [4, B, T])."""
+    text = dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, pad_token_id=0,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]})
+    vision = dict(depth=1, embed_dim=32, hidden_size=32, num_heads=4, patch_size=14, spatial_merge_size=2,
+                  temporal_patch_size=2, in_channels=3, mlp_ratio=2)
+    config = transformers.Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=97, video_token_id=96,
+                                        vision_start_token_id=95, attn_implementation="warppack")
+    torch.manual_seed(0)
+    return transformers.Qwen2VLForConditionalGeneration(config).eval()
+
+
+def test_a_form_that_leaks_while_packed_collator_batches_do_not_is_reported_not_refused():
+    with pytest.warns(UserWarning, match=r"not when batches carry position_ids only: position_ids alone do not reach"):
+        report = warppack.check_model(_qwen2_vl())
+    assert report["max_relative_error"] < 1e-5 and set(report["other_forms"]) == {"position_ids only"}
+    assert report["errors"]["position_ids only, train"] > 1e-2
+    cause, fix = report["other_forms"]["position_ids only"][0]
+    assert "Qwen2VLAttention" in cause and "cu_seq_lens_q/k" in fix
+
+
+def test_probe_carries_seq_idx_and_the_reference_passes_position_ids():
+    seen = []
+    model = tiny_model("llama")
+    model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(dict(kwargs)), with_kwargs=True)
+    warppack.check_model(model)
+    packed = [kw for kw in seen if "cu_seq_lens_q" in kw]
+    assert packed and all("seq_idx" in kw and kw["seq_idx"].dtype == torch.int32 for kw in packed)
+    assert any(set(kw) >= {"input_ids", "position_ids"} and "cu_seq_lens_q" not in kw for kw in seen)
+    alone = [kw for kw in seen if kw["input_ids"].shape[1] in (7, 3, 5)]
+    assert alone and all(torch.equal(kw["position_ids"][0], torch.arange(kw["input_ids"].shape[1])) for kw in alone)
+
+
+def test_state_carried_along_the_row_is_refused_naming_the_module():
+    config = transformers.MambaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, state_size=8)
+    torch.manual_seed(0)
+    model = transformers.MambaForCausalLM(config)
+    message = diagnosis(model)
+    assert "MambaMixer ('backbone.layers.0.mixer') mixes the packed sequences" in message
+    assert "none in warppack" in message and "load the model with attn_implementation" not in message

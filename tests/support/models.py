@@ -44,6 +44,9 @@ FAMILIES = {
     # fused qkv, partial rotary, sliding window
     "phi3": ("Phi3Config", "Phi3ForCausalLM", dict(sliding_window=5, rope_parameters={
         "rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5})),
+    # attention that never sees position_ids (boundaries reach it with the mask), partial rotary, q/k layernorm
+    "persimmon": ("PersimmonConfig", "PersimmonForCausalLM", dict(qk_layernorm=True, rope_parameters={
+        "rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5})),
     # learned attention sinks (s_aux), MoE, sliding window
     "gpt_oss": ("GptOssConfig", "GptOssForCausalLM", dict(
         head_dim=8, num_local_experts=4, num_experts_per_tok=2, sliding_window=4, layer_types=_TWO,

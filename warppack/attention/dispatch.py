@@ -5,8 +5,8 @@ fastest kernel that can do *exactly* what the layer asks (GQA, sliding window, s
 attention sinks); a kernel lacking a feature is skipped, never used approximately. Order:
 flash-attn → ``torch.nn.attention.varlen.varlen_attn`` → ``aten._flash_attention_forward`` → exact
 SDPA per segment (block-diagonal under ``torch.compile``). ``attention_backend()`` names the last one.
-The exact paths live in ``_attention_exact``, ``attn_implementation="warppack"`` in
-``_attention_transformers``.
+The exact paths live in ``warppack.attention.exact``, ``attn_implementation="warppack"`` in
+``warppack.attention.hf`` (and where its layers find their boundaries in ``warppack.attention.boundaries``).
 
 >>> import torch, warppack
 >>> q = k = v = torch.randn(5, 2, 8)                  # 5 tokens = sequences of 3 and 2, 2 heads
@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import weakref
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -207,7 +207,7 @@ def varlen_attention(query, key, value, cu_seqlens_q, cu_seqlens_k=None, max_seq
         fn, has_window, has_gqa, has_scale = _kernels()["torch_varlen"]
         if groups > 1 and not has_gqa:
             key, value = repeat_heads(key, groups, 1), repeat_heads(value, groups, 1)
-        extra = _torch_varlen_mode(has_window, causal=causal, window=sliding_window)
+        extra = _torch_varlen_mode(has_window, causal=causal, window=sliding_window) or {}  # None: refused earlier
         if groups > 1 and has_gqa:
             extra["enable_gqa"] = True
         if has_scale:
@@ -233,8 +233,10 @@ class _TightSegments:
     version) gives the tight values; the kernels' autograd saves them, so backward needs nothing more.
     """
 
-    def __init__(self):
-        self._refs, self._versions, self._value = None, None, None
+    def __init__(self) -> None:
+        self._refs: Optional[tuple] = None
+        self._versions: Optional[tuple] = None
+        self._value: Any = None
 
     def get(self, cu_q, cu_k, query, key):
         if (self._refs is not None and self._refs[0]() is cu_q and self._refs[1]() is cu_k

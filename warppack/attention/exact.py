@@ -78,8 +78,8 @@ def exact_segments(q, k, v, cu_q, cu_k, **kw):
     for s, e, sk, ek in zip(starts_q[:-1], starts_q[1:], starts_k[:-1], starts_k[1:]):
         if e > s:  # zero-length segments (static-shape tail) have nothing to compute
             one = lambda x, a, b: x[a:b].transpose(0, 1).unsqueeze(0)  # noqa: E731 - [1, H, L, D]
-            outs.append(attend(one(q, s, e), one(k, sk, ek), one(v, sk, ek), mask=None, **kw)[0])
-    return torch.cat(outs, dim=1).transpose(0, 1)
+            outs.append(attend(one(q, s, e), one(k, sk, ek), one(v, sk, ek), mask=None, **kw)[0].transpose(0, 1))
+    return torch.cat(outs, dim=0)  # [T, H, D], contiguous: callers reshape it freely
 
 
 def exact_block_diagonal(q, k, v, cu_q, cu_k, *, causal, window, **kw):
@@ -88,7 +88,7 @@ def exact_block_diagonal(q, k, v, cu_q, cu_k, *, causal, window, **kw):
                         window=window)
     out = attend(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], mask=mask,
                   causal=causal, window=None, **kw)
-    return out[0].transpose(0, 1)
+    return out[0].transpose(0, 1).contiguous()
 
 
 def segment_mask(cu_q, cu_k, tq, tk, *, causal=True, window=None):

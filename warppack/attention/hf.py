@@ -1,54 +1,46 @@
 """transformers glue: ``attn_implementation="warppack"`` and the registration that makes it exist.
 
-``warppack_attention_forward`` (an ``AttentionInterface`` function) reads ``cu_seq_lens_q/k`` and
-``max_length_q/k`` from the forward kwargs, or finds the boundaries in restarting ``position_ids``,
-and sends packed rows to ``warppack.varlen_attention``; padded rows, KV caches and custom masks take
-the exact masked path. ``warppack_mask`` (an ``AttentionMaskInterface`` function) builds no mask
-for packed rows. ``import warppack`` registers both once transformers is imported.
+``warppack_attention_forward`` (an ``AttentionInterface`` function) finds each packed row's boundaries
+(``warppack.attention.boundaries``) and sends the row to ``warppack.varlen_attention``; padded rows,
+KV caches and custom masks take the exact masked path. ``warppack_mask`` (an ``AttentionMaskInterface``
+function) builds no O(L^2) mask for packed rows: it hands the boundaries on instead. ``import warppack``
+registers both once transformers is imported.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.abc
 import importlib.util
 import sys
+from typing import Any, Iterator, List
 
 import torch
 
 from warppack.attention import (
     dispatch as _attention,  # _attention._record looked up per call: benchmarks wrap it to see kernels
 )
+from warppack.attention.boundaries import find_rows, is_marker, model_position_ids, packed_marker
 from warppack.attention.dispatch import compiling, varlen_attention
-from warppack.attention.exact import HostCache, attend
+from warppack.attention.exact import attend
 
-_posid_cache = HostCache()  # cu_seqlens found in position_ids, once per forward (every layer asks)
+_recorders: List[List[Any]] = []
+
+
+@contextlib.contextmanager
+def recording_callers() -> Iterator[List[Any]]:
+    """A list that collects the modules calling warppack attention inside the block (``check_model``)."""
+    seen: List[Any] = []
+    _recorders.append(seen)
+    try:
+        yield seen
+    finally:
+        _recorders.remove(seen)
 
 
 def _seg_ids(cu: torch.Tensor, n: int) -> torch.Tensor:
     return torch.searchsorted(cu.long()[1:], torch.arange(n, device=cu.device), right=True)
-
-
-def _packed_from_position_ids(position_ids, batch: int, length: int):
-    """cu_seqlens over the flattened rows where positions restart; None for one sequence per row.
-
-    Under torch.compile this returns a bool ``[B, L]`` "new sequence starts here" instead (no host sync).
-    """
-    if position_ids is None or position_ids.dim() != 2 or position_ids.shape[-1] != length:
-        return None
-    pos = position_ids.expand(batch, -1)
-    starts = torch.ones_like(pos, dtype=torch.bool)
-    starts[:, 1:] = pos[:, 1:] != pos[:, :-1] + 1  # transformers' own packed-sequence rule
-    if compiling():
-        return starts
-
-    def host(_):
-        if not bool(starts[:, 1:].any()):
-            return None
-        idx = starts.reshape(-1).nonzero().flatten()
-        return torch.cat([idx, idx.new_tensor([starts.numel()])]).to(torch.int32)
-
-    return _posid_cache.get(position_ids, host)
 
 
 def _row_mask(seg: torch.Tensor, causal: bool, window) -> torch.Tensor:
@@ -65,33 +57,35 @@ def _row_mask(seg: torch.Tensor, causal: bool, window) -> torch.Tensor:
 
 def warppack_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
                                sliding_window=None, softcap=None, is_causal=None, s_aux=None, **kwargs):
-    """transformers ``AttentionInterface`` function: ``[B, H, L, D]`` in, ``([B, L, H, D], None)`` out.
+    """transformers ``AttentionInterface`` function: ``[B, H, L, D]`` in, contiguous ``([B, L, H, D], None)`` out.
 
-    Packed rows (``cu_seq_lens_q/k`` in the kwargs, or restarting ``position_ids``) go through
+    Packed rows (boundaries found by ``warppack.attention.boundaries.find_rows``) go through
     ``varlen_attention``; a 4-D mask (padding, KV cache, custom patterns) takes the exact masked path.
     """
+    if _recorders and not compiling():
+        for seen in _recorders:
+            seen.append(module)
     causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
     b, hq, lq, _ = query.shape
     lk = key.shape[2]
     feats = dict(scale=scaling if scaling is not None else query.shape[-1] ** -0.5, softcap=softcap,
                  dropout=dropout, sinks=s_aux)
-    cu_q, cu_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
-    if cu_q is None and attention_mask is None and lq == lk:
-        found = _packed_from_position_ids(kwargs.get("position_ids"), b, lq)
-        if found is not None and found.dtype == torch.bool:  # compiling: block-diagonal rows instead
-            attention_mask = _row_mask(found.cumsum(-1), causal, sliding_window)
-        elif found is not None:
-            cu_q = cu_k = found
-    if cu_q is not None and attention_mask is None:
+    rows = find_rows(module, b, lq, lk, attention_mask, kwargs, causal=causal)
+    if is_marker(attention_mask):
+        attention_mask = None  # the marker carried boundaries, not a mask
+    if rows is not None and rows.starts is not None:  # compiling: block-diagonal rows, no host sync
+        if attention_mask is None:
+            attention_mask = _row_mask(rows.starts.cumsum(-1), causal, sliding_window)
+        rows = None
+    if rows is not None and attention_mask is None:
         flat = lambda x: x.transpose(1, 2).reshape(-1, x.shape[1], x.shape[-1])  # noqa: E731
-        out = varlen_attention(flat(query), flat(key), flat(value), cu_q, cu_q if cu_k is None else cu_k,
-                               kwargs.get("max_length_q"), kwargs.get("max_length_k"), causal=causal,
-                               sliding_window=sliding_window, **feats)
-        return out.view(b, lq, hq, -1), None
+        out = varlen_attention(flat(query), flat(key), flat(value), rows.cu_q, rows.cu_k, rows.max_q, rows.max_k,
+                               causal=causal, sliding_window=sliding_window, **feats)
+        return out.reshape(b, lq, hq, -1).contiguous(), None
     if attention_mask is not None:
-        if cu_q is not None and lq == lk and attention_mask.dtype == torch.bool:
+        if rows is not None and rows.cu_q is not None and lq == lk and attention_mask.dtype == torch.bool:
             # Padded *and* packed rows: the padding mask alone would let sequences see each other.
-            attention_mask = attention_mask & _row_mask(_seg_ids(cu_q, b * lq).view(b, lq), causal, None)
+            attention_mask = attention_mask & _row_mask(_seg_ids(rows.cu_q, b * lq).view(b, lq), causal, None)
         _attention._record("exact_masked")
         out = attend(query, key, value, mask=attention_mask, causal=causal, window=None, **feats)
     else:
@@ -102,10 +96,12 @@ def warppack_attention_forward(module, query, key, value, attention_mask, dropou
 
 def warppack_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None,
                   attention_mask=None, **kwargs):
-    """transformers ``AttentionMaskInterface`` function: no mask at all unless one is really needed.
+    """transformers ``AttentionMaskInterface`` function: no O(L^2) mask unless one is really needed.
 
-    Packed or unpadded rows without a cache get ``None`` (the attention reads cu_seqlens instead of an
-    O(T^2) mask). Padding, a KV cache, chunked or custom patterns get transformers' exact boolean mask.
+    Unpadded rows without a cache get ``None``; rows in which transformers found packed sequences
+    (restarting ``position_ids``) get the packed-row marker (their boundaries, see
+    ``warppack.attention.boundaries``), so layers that never see position_ids still keep the
+    sequences apart. Padding, a KV cache, chunked or custom patterns get transformers' exact boolean mask.
     """
     mu = _MASKING_UTILS or importlib.import_module("transformers.masking_utils")
     mask_function = mu.causal_mask_function if mask_function is None else mask_function
@@ -116,11 +112,30 @@ def warppack_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask
              and q_length == kv_length)
     if plain and (attention_mask is None or (attention_mask.dim() == 2 and attention_mask.shape[-1] == kv_length
                                              and bool(attention_mask.all()))):
-        return None
+        found = _packed_rows(mu, mask_function, batch_size, q_length, kwargs.get("device"))
+        if found is not _EXACT_MASK:
+            return found
     kwargs = {k: v for k, v in kwargs.items() if k not in ("allow_is_causal_skip", "allow_is_bidirectional_skip")}
     return mu.sdpa_mask(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset,
                         kv_offset=kv_offset, mask_function=mask_function, attention_mask=attention_mask,
                         allow_is_causal_skip=False, allow_is_bidirectional_skip=False, **kwargs)
+
+
+def _packed_rows(mu, mask_function, batch: int, length: int, device):
+    """The marker of a plain causal row, None for one sequence per row, ``_EXACT_MASK`` when only the
+    exact mask will do (a mask function that cannot be evaluated on index tensors)."""
+    if length < 2:
+        return None
+    if mask_function is not mu.causal_mask_function:
+        try:
+            marker = packed_marker(mask_function, batch, length, device)
+        except (TypeError, IndexError, RuntimeError):
+            return _EXACT_MASK
+        if marker is not None:
+            return marker
+    # No packing in the mask function: transformers found none, or did not look (a KV cache, or no
+    # position_ids handed to create_causal_mask). The model's forward may still hold them.
+    return model_position_ids(batch, length)
 
 
 def _register_function(module) -> None:
@@ -128,6 +143,7 @@ def _register_function(module) -> None:
     _attention._kernels()  # transformers already imported torch._dynamo: cheap now, and settled before any compile
 
 
+_EXACT_MASK = object()
 _MASKING_UTILS = None  # set at registration: an import inside warppack_mask breaks torch.compile graphs
 # (transformers' _LazyModule: "Bad import result", seen as 3 graphs instead of 1 on GPU)
 
