@@ -28,7 +28,6 @@ from warppack.attention.exact import (
     exact_block_diagonal,
     exact_segments,
     repeat_heads,
-    segment_mask,  # noqa: F401  (its old import path)
 )
 
 KERNELS = ("flash_attn", "torch_varlen", "aten_flash", "exact_segments", "exact_block_diagonal")

@@ -144,8 +144,9 @@ def _register_function(module) -> None:
 
 
 _EXACT_MASK = object()
-_MASKING_UTILS = None  # set at registration: an import inside warppack_mask breaks torch.compile graphs
-# (transformers' _LazyModule: "Bad import result", seen as 3 graphs instead of 1 on GPU)
+# Set at registration: an import inside warppack_mask would split torch.compile's graph (transformers'
+# lazy modules fail inside dynamo with "Bad import result").
+_MASKING_UTILS = None
 
 
 def _register_mask(module) -> None:
