@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[2])]  # support/, tests/
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import warppack  # noqa: E402
 from calibrate_common import budget_alone, device_of  # noqa: E402
