@@ -119,7 +119,7 @@ void write_layout(const LayoutSequence* sequences, int64_t n, int64_t total_toke
   if (padding > 0) {
     std::fill(out.input_ids + at, out.input_ids + total_tokens, pad_token_id);
     std::fill(out.labels + at, out.labels + total_tokens, label_pad_id);
-    std::fill(out.seq_idx + at, out.seq_idx + total_tokens, static_cast<int32_t>(n));
+    std::fill(out.seq_idx + at, out.seq_idx + total_tokens, kPaddingSeqIdx);
     const int64_t spare = num_cu - 1 - n;  // >= 1, checked above
     pieces = std::min(spare, (padding + kMaxPaddingSegment - 1) / kMaxPaddingSegment);
     const int64_t base = padding / pieces, longer = padding % pieces;

@@ -2,7 +2,8 @@
 // truncate/split plans that truncate or split nothing): the plan is one index per example plus bin
 // offsets, so it can be built in 12 bytes per example (the 8-byte output included) plus 16 per bin.
 //
-//   validate: lengths in 1..max_tokens, histogram by length (dense) and the token total
+//   validate: lengths in 1..max_tokens, histogram by length (dense) and the token total; each length
+//             is read here once and kept as int32 in length_of (see below)
 //   sort:     order[s] = the s-th example by decreasing length, then index   (int32, in items)
 //   assign:   bin_of[s] = the bin the placer chose for it                     (int32, in items)
 //   offsets:  from the per-bin counts, in a fresh buffer of exactly bins + 1 entries
@@ -10,6 +11,13 @@
 //   widen:    items[k] = grouped[k] (or whole bins in shuffled order)
 // The first half of items holds order and the second half bin_of: both are dead before items is
 // written as int64, so the 8-byte output doubles as 8 bytes of scratch.
+//
+// The caller's lengths are read exactly once, in validate: the boundary releases the GIL, so another
+// thread may write them meanwhile, and a second read that disagreed with the histogram would index
+// out of bounds or lose an example. Later phases read that copy, length_of: when dense, bin_of's
+// half of items (the sort reads it before assign writes bin_of: no extra memory); otherwise the
+// scatter scratch, allocated before assign instead of after it (assign reads lengths by example
+// while bin_of fills).
 
 #include <cstdlib>
 #include <new>
@@ -51,6 +59,11 @@ bool plan_whole_impl(const T* lengths, int64_t n, const PlanOptions& o, int64_t*
   const int64_t cap = o.max_tokens;
   const bool dense = cap <= detail::kDenseCapacityLimit && cap <= std::max<int64_t>(int64_t{1} << 16, 4 * n);
 
+  int32_t* const order = reinterpret_cast<int32_t*>(items);
+  int32_t* const bin_of = order + n;
+  detail::Scratch<int32_t> grouped(dense ? 0 : static_cast<size_t>(n));
+  int32_t* const length_of = dense ? bin_of : grouped.data();
+
   // validate
   std::vector<int32_t> group(dense ? static_cast<size_t>(cap + 1) : 0, 0);
   int64_t tokens = 0;
@@ -60,13 +73,12 @@ bool plan_whole_impl(const T* lengths, int64_t n, const PlanOptions& o, int64_t*
       if (length < 1 || o.overlong == kOverlongError) detail::fail_length(i, length, cap);
       return false;  // a piece that is not a whole example: the general planner's job
     }
+    length_of[i] = static_cast<int32_t>(length);  // cap < 2^31
     tokens += length;
     if (dense) ++group[static_cast<size_t>(length)];
   }
 
   // sort
-  int32_t* const order = reinterpret_cast<int32_t*>(items);
-  int32_t* const bin_of = order + n;
   if (dense) {
     int32_t at = 0;
     for (int64_t r = cap; r >= 1; --r) {
@@ -74,10 +86,10 @@ bool plan_whole_impl(const T* lengths, int64_t n, const PlanOptions& o, int64_t*
       group[static_cast<size_t>(r)] = at;
       at += count;
     }
-    for (int64_t i = 0; i < n; ++i) order[group[static_cast<size_t>(lengths[i])]++] = static_cast<int32_t>(i);
+    for (int64_t i = 0; i < n; ++i) order[group[static_cast<size_t>(length_of[i])]++] = static_cast<int32_t>(i);
   } else {
     for (int64_t i = 0; i < n; ++i) order[i] = static_cast<int32_t>(i);
-    std::stable_sort(order, order + n, [lengths](int32_t a, int32_t b) { return lengths[a] > lengths[b]; });
+    std::stable_sort(order, order + n, [length_of](int32_t a, int32_t b) { return length_of[a] > length_of[b]; });
   }
 
   // assign: lengths come from the histogram (group[r] now ends the run of length r), so the
@@ -88,7 +100,7 @@ bool plan_whole_impl(const T* lengths, int64_t n, const PlanOptions& o, int64_t*
     while (s >= group[static_cast<size_t>(r)]) --r;
     return r;
   };
-  auto next_sparse = [&](int64_t s) { return static_cast<int64_t>(lengths[order[s]]); };
+  auto next_sparse = [&](int64_t s) { return static_cast<int64_t>(length_of[order[s]]); };
   std::vector<int32_t> counts;
   if (o.strategy == kFirstFitDecreasing && dense)
     counts = assign(detail::FirstFit(cap, o.max_seqs_per_bin, expected_bins), n, bin_of, next_dense);
@@ -112,7 +124,7 @@ bool plan_whole_impl(const T* lengths, int64_t n, const PlanOptions& o, int64_t*
   try {
     if (offsets[bins] != n) fail("internal error: the plan lost examples");
     // scatter
-    detail::Scratch<int32_t> grouped(static_cast<size_t>(n));
+    if (dense) grouped = detail::Scratch<int32_t>(static_cast<size_t>(n));
     for (int64_t s = 0; s < n; ++s) grouped[static_cast<size_t>(counts[static_cast<size_t>(bin_of[s])]++)] = order[s];
     memory_barrier();
     // widen

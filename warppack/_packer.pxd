@@ -6,7 +6,7 @@ from libcpp.vector cimport vector
 
 
 cdef extern from "warppack/planner.hpp" namespace "warppack" nogil:
-    cdef cppclass PlanOptions:
+    cdef struct PlanOptions:
         int64_t max_tokens
         int strategy
         int64_t max_seqs_per_bin

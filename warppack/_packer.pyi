@@ -23,7 +23,9 @@ def plan_lengths(
 ) -> Tuple[Int64Array, Int64Array, Int64Array, Int64Array]:
     """Packs examples of the given lengths into bins of at most ``max_tokens`` tokens.
 
-    ``lengths`` is a C-contiguous 1-D int32 or int64 array (read zero-copy). ``strategy``: 0 best-fit
+    ``lengths`` is a C-contiguous 1-D int32 or int64 array, copied once before the engine runs (it
+    reads the lengths in several passes without the GIL, so a thread writing the caller's array
+    meanwhile must not make the passes disagree). ``strategy``: 0 best-fit
     decreasing, 1 first-fit decreasing, 2 online (``OnlinePacker`` over the examples in order, with
     ``buffer_size``). ``overlong``: 0 error, 1 truncate to ``max_tokens``, 2 split into chunks of
     ``max_tokens``. ``max_seqs_per_bin`` 0 means unlimited. ``shuffle`` permutes the order of the bins
@@ -49,7 +51,9 @@ def plan_whole(
     ``items[bin_offsets[b]:bin_offsets[b + 1]]``) and the sum of the lengths; the bins are exactly
     those of ``plan_lengths`` with the same arguments. Returns None when ``overlong`` is truncate or
     split and some example is longer than ``max_tokens`` (call ``plan_lengths``); raises like it
-    otherwise. Uses 12 bytes per example (output included) and about 16 per bin.
+    otherwise. Uses 12 bytes per example (output included) and about 16 per bin. ``lengths`` is
+    read in place, each entry exactly once: a thread writing it meanwhile gets the plan of the
+    values read, never an inconsistent one.
     """
 
 class OnlinePacker:
@@ -83,39 +87,28 @@ class OnlinePacker:
     def buffer_size(self) -> int: ...
 
 TokenArray = npt.NDArray[np.int32] | npt.NDArray[np.int64]
+Labels = Optional[Sequence[Optional[TokenArray]]]
 
 def write_layout(
-    ids: Sequence[TokenArray],
-    labels: Optional[Sequence[Optional[TokenArray]]],
-    total_tokens: int,
-    num_cu: int,
-    pad_token_id: int,
-    label_pad_id: int,
-    input_ids_out: Int64Array,
-    labels_out: Int64Array,
-    position_ids_out: Int64Array,
-    seq_idx_out: npt.NDArray[np.int32],
-    cu_seqlens_out: npt.NDArray[np.int32],
+    ids: Sequence[TokenArray], labels: Labels, total_tokens: int, num_cu: int, pad_token_id: int,
+    label_pad_id: int, input_ids_out: Int64Array, labels_out: Int64Array, position_ids_out: Int64Array,
+    seq_idx_out: npt.NDArray[np.int32], cu_seqlens_out: npt.NDArray[np.int32],
 ) -> None:
     """Writes one packed row (the "Batch buffer" contract of docs/architecture.md).
 
     Inputs are C-contiguous 1-D int32 or int64 arrays, read in place and widened while copying
-    (labels entries may be None: the ids are used). The
-    four token outputs must hold exactly ``total_tokens`` entries (< 2**31) and ``cu_seqlens_out``
+    (labels entries may be None: the ids are used). The four token outputs must hold exactly
+    ``total_tokens`` entries (< 2**31) and ``cu_seqlens_out``
     exactly ``num_cu`` (>= n + 1, plus one when there is padding); all outputs must be writable
     C-contiguous arrays (use ``tensor.numpy()`` for torch CPU tensors). The first label of every
-    sequence and all padding labels become ``label_pad_id``; the padding segment has positions
-    0.., seq_idx n, and ``cu_seqlens`` ends with ``total_tokens`` repeated up to ``num_cu``.
+    sequence and all padding labels become ``label_pad_id``; padding tokens have seq_idx -1 and
+    come in segments (of at most 512 tokens where ``num_cu`` has spare entries) whose positions
+    restart at 0, and ``cu_seqlens`` ends with ``total_tokens`` repeated up to ``num_cu``.
     """
 
 def write_layout_into(
-    ids: Sequence[TokenArray],
-    labels: Optional[Sequence[Optional[TokenArray]]],
-    total_tokens: int,
-    num_cu: int,
-    pad_token_id: int,
-    label_pad_id: int,
-    buffer: npt.NDArray[np.uint8],
+    ids: Sequence[TokenArray], labels: Labels, total_tokens: int, num_cu: int, pad_token_id: int,
+    label_pad_id: int, buffer: npt.NDArray[np.uint8],
 ) -> None:
     """``write_layout`` into one writable, 8-byte aligned, C-contiguous uint8 buffer of at least
     ``28 * total_tokens + 4 * num_cu`` bytes: input_ids, labels, position_ids (int64), seq_idx,

@@ -2,7 +2,9 @@
 """Boundary to the C++ engine (cpp/): conversion and declarations only, no packing logic.
 
 Sizes are computed and arrays allocated here; every check that protects memory is repeated in C++,
-and every std::invalid_argument the engine throws surfaces as ValueError.
+and every std::invalid_argument the engine throws surfaces as ValueError. The engine runs without
+the GIL, so another thread may write an input meanwhile: plan_whole's engine reads each length
+exactly once, and plan_lengths plans a private copy taken here first.
 """
 
 import sys
@@ -25,6 +27,10 @@ from libcpp.vector cimport vector
 __all__ = ["OnlinePacker", "plan_lengths", "plan_whole", "write_layout", "write_layout_into"]
 
 cdef bint _LITTLE_ENDIAN = sys.byteorder == "little"
+
+ctypedef fused length_t:
+    int32_t
+    int64_t
 
 
 def _describe(obj):
@@ -49,54 +55,46 @@ cdef int _lengths_bits(object lengths) except -1:
     return 32 if lengths.dtype == np.int32 else 64
 
 
+cdef PlanOptions _plan_options(int64_t max_tokens, int strategy, int64_t max_seqs_per_bin, int overlong,
+                               int64_t buffer_size, bint shuffle, object seed):
+    return PlanOptions(max_tokens=max_tokens, strategy=strategy, max_seqs_per_bin=max_seqs_per_bin,
+                       overlong=overlong, buffer_size=buffer_size, shuffle=shuffle,
+                       seed=<uint64_t>(int(seed) & 0xFFFFFFFFFFFFFFFF))
+
+
+cdef inline int64_t* _first(int64_t[::1] view) noexcept:
+    return &view[0] if view.shape[0] > 0 else NULL
+
+
 def plan_lengths(lengths, int64_t max_tokens, int strategy, int64_t max_seqs_per_bin,
                  int overlong, int64_t buffer_size, bint shuffle, seed):
     """Plans `lengths` into bins; see warppack/_packer.pyi and docs/architecture.md."""
-    cdef PlanOptions options
-    options.max_tokens = max_tokens
-    options.strategy = strategy
-    options.max_seqs_per_bin = max_seqs_per_bin
-    options.overlong = overlong
-    options.buffer_size = buffer_size
-    options.shuffle = shuffle
-    options.seed = <uint64_t>(int(seed) & 0xFFFFFFFFFFFFFFFF)
-
+    cdef PlanOptions options = _plan_options(max_tokens, strategy, max_seqs_per_bin, overlong, buffer_size,
+                                             shuffle, seed)
     cdef int bits = _lengths_bits(lengths)
-    cdef const int32_t[::1] view32
-    cdef const int64_t[::1] view64
-    cdef const int32_t* data32 = NULL
-    cdef const int64_t* data64 = NULL
-    cdef int64_t n, pieces, bins
+    # The engine counts, then plans, reading the lengths in several passes: a private copy keeps
+    # them equal across passes whatever another thread does to the caller's array meanwhile.
+    snapshot = lengths.copy()
     if bits == 32:
-        view32 = lengths
-        n = view32.shape[0]
-        if n > 0:
-            data32 = &view32[0]
-        with nogil:
-            pieces = cpp_count_pieces(data32, n, options)
-    else:
-        view64 = lengths
-        n = view64.shape[0]
-        if n > 0:
-            data64 = &view64[0]
-        with nogil:
-            pieces = cpp_count_pieces(data64, n, options)
+        return _plan_lengths[int32_t](snapshot, options)
+    return _plan_lengths[int64_t](snapshot, options)
 
+
+cdef tuple _plan_lengths(const length_t[::1] lengths, PlanOptions options):
+    cdef int64_t n = lengths.shape[0], pieces, bins
+    cdef const length_t* data = &lengths[0] if n > 0 else NULL
+    with nogil:
+        pieces = cpp_count_pieces(data, n, options)
     items = np.empty(pieces, dtype=np.int64)
     starts = np.empty(pieces, dtype=np.int64)
     sizes = np.empty(pieces, dtype=np.int64)
     offsets = np.empty(pieces + 1, dtype=np.int64)
-    cdef int64_t[::1] items_v = items, starts_v = starts, sizes_v = sizes, offsets_v = offsets
-    cdef int64_t* items_p = &items_v[0] if pieces > 0 else NULL
-    cdef int64_t* starts_p = &starts_v[0] if pieces > 0 else NULL
-    cdef int64_t* sizes_p = &sizes_v[0] if pieces > 0 else NULL
+    cdef int64_t* items_p = _first(items)
+    cdef int64_t* starts_p = _first(starts)
+    cdef int64_t* sizes_p = _first(sizes)
+    cdef int64_t* offsets_p = _first(offsets)
     with nogil:
-        if bits == 32:
-            bins = cpp_plan_lengths(data32, n, options, pieces, items_p, starts_p, sizes_p,
-                                    &offsets_v[0])
-        else:
-            bins = cpp_plan_lengths(data64, n, options, pieces, items_p, starts_p, sizes_p,
-                                    &offsets_v[0])
+        bins = cpp_plan_lengths(data, n, options, pieces, items_p, starts_p, sizes_p, offsets_p)
     # A view: the pages past bin_offsets[bins] were never touched, so they cost no memory.
     return items, starts, sizes, offsets[: bins + 1]
 
@@ -136,39 +134,23 @@ cdef class _EngineArray:
 def plan_whole(lengths, int64_t max_tokens, int strategy, int64_t max_seqs_per_bin, int overlong,
                bint shuffle, seed):
     """bfd/ffd plan of whole examples, or None when one must be truncated or split (see .pyi)."""
-    cdef PlanOptions options
-    options.max_tokens = max_tokens
-    options.strategy = strategy
-    options.max_seqs_per_bin = max_seqs_per_bin
-    options.overlong = overlong
-    options.buffer_size = 1
-    options.shuffle = shuffle
-    options.seed = <uint64_t>(int(seed) & 0xFFFFFFFFFFFFFFFF)
+    cdef PlanOptions options = _plan_options(max_tokens, strategy, max_seqs_per_bin, overlong, 1, shuffle,
+                                             seed)
+    # No copy: the engine reads each length exactly once (cpp/whole.cpp).
+    if _lengths_bits(lengths) == 32:
+        return _plan_whole[int32_t](lengths, options)
+    return _plan_whole[int64_t](lengths, options)
 
-    cdef int bits = _lengths_bits(lengths)
-    cdef const int32_t[::1] view32
-    cdef const int64_t[::1] view64
-    cdef const int32_t* data32 = NULL
-    cdef const int64_t* data64 = NULL
-    cdef Py_ssize_t n = lengths.shape[0]
+
+cdef object _plan_whole(const length_t[::1] lengths, PlanOptions options):
+    cdef int64_t n = lengths.shape[0], bins = 0, tokens = 0
+    cdef const length_t* data = &lengths[0] if n > 0 else NULL
     items = np.empty(n, dtype=np.int64)
-    cdef int64_t[::1] items_v = items
-    cdef int64_t* items_p = &items_v[0] if n > 0 else NULL
+    cdef int64_t* items_p = _first(items)
     cdef _EngineArray offsets = _EngineArray()
-    cdef int64_t bins = 0, tokens = 0
     cdef cbool planned
-    if bits == 32:
-        view32 = lengths
-        if n > 0:
-            data32 = &view32[0]
-        with nogil:
-            planned = cpp_plan_whole(data32, n, options, items_p, &offsets.data, &bins, &tokens)
-    else:
-        view64 = lengths
-        if n > 0:
-            data64 = &view64[0]
-        with nogil:
-            planned = cpp_plan_whole(data64, n, options, items_p, &offsets.data, &bins, &tokens)
+    with nogil:
+        planned = cpp_plan_whole(data, n, options, items_p, &offsets.data, &bins, &tokens)
     if not planned:
         return None
     offsets.shape[0] = bins + 1
@@ -248,8 +230,8 @@ def _restore_online_packer(max_tokens, max_seqs_per_bin, buffer_size, keys, leng
     return packer
 
 
-cdef bint _int_format(const Py_buffer* view, Py_ssize_t itemsize):
-    # itemsize 0 accepts int32 and int64 (token sources); outputs ask for one exact width.
+cdef bint _format_ok(const Py_buffer* view, Py_ssize_t itemsize) noexcept:
+    # itemsize 0: a token source, int32 or int64; 1: the uint8 layout buffer; 4 or 8: that int exactly.
     cdef const char* f = view.format
     if f == NULL:
         return False
@@ -260,6 +242,8 @@ cdef bint _int_format(const Py_buffer* view, Py_ssize_t itemsize):
         return False
     if f[0] == b'@' or f[0] == b'=' or (f[0] == b'<' and _LITTLE_ENDIAN):
         f += 1
+    if itemsize == 1:
+        return f[0] == b'B' and f[1] == 0
     return (f[0] == b'i' or f[0] == b'l' or f[0] == b'q') and f[1] == 0
 
 
@@ -267,133 +251,118 @@ cdef object _bad_buffer(object obj, bint writable, Py_ssize_t itemsize, str what
                         object error):
     # Messages are built only here, on failure: the success path runs once per sequence per batch.
     name = what if index < 0 else f"{what}[{index}]"
-    width = "int32 or int64" if itemsize == 0 else f"int{itemsize * 8}"
+    width = {0: "int32 or int64", 1: "uint8"}.get(itemsize, f"int{itemsize * 8}")
     expected = f"a {'writable ' if writable else ''}C-contiguous 1-D {width} numpy array"
     hint = "; convert a torch tensor with .numpy()" if hasattr(obj, "numpy") else ""
     detail = f" ({error})" if error is not None else ""
     return TypeError(f"{name} must be {expected}, got {_describe(obj)}{detail}{hint}")
 
 
-cdef int _acquire(object obj, Py_buffer* view, bint writable, Py_ssize_t itemsize,
-                  str what, Py_ssize_t index=-1) except -1:
-    cdef int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT
-    if writable:
-        flags |= PyBUF_WRITABLE
-    try:
-        PyObject_GetBuffer(obj, view, flags)
-    except (BufferError, TypeError, ValueError) as error:
-        raise _bad_buffer(obj, writable, itemsize, what, index, error) from None
-    if view.ndim != 1 or not _int_format(view, itemsize):
-        PyBuffer_Release(view)
-        raise _bad_buffer(obj, writable, itemsize, what, index, None)
-    return 0
+cdef class _Buffers:
+    """The buffers one layout call reads or writes, released together when the call returns.
+
+    A local of the calling function: CPython frees it, and so releases every buffer, as that
+    function returns or raises.
+    """
+
+    cdef Py_buffer* views
+    cdef Py_ssize_t held, capacity
+
+    def __cinit__(self):
+        self.views = NULL
+        self.held = 0
+        self.capacity = 0
+
+    @staticmethod
+    cdef _Buffers reserve(Py_ssize_t capacity):
+        # A factory rather than __init__ arguments: this runs once per batch.
+        cdef _Buffers buffers = _Buffers.__new__(_Buffers)
+        buffers.views = <Py_buffer*>PyMem_Malloc((capacity if capacity > 0 else 1) * sizeof(Py_buffer))
+        if buffers.views == NULL:
+            raise MemoryError()
+        buffers.capacity = capacity
+        return buffers
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        for i in range(self.held):
+            PyBuffer_Release(&self.views[i])
+        PyMem_Free(self.views)
+
+    cdef Py_buffer* take(self, object obj, bint writable, Py_ssize_t itemsize, str what,
+                         Py_ssize_t index=-1) except NULL:
+        """A 1-D C-contiguous buffer of ``obj`` whose items ``_format_ok`` accepts, or TypeError."""
+        if self.held == self.capacity:
+            raise RuntimeError("internal error: more buffers than the layout call reserved")
+        cdef Py_buffer* view = &self.views[self.held]
+        cdef int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT
+        if writable:
+            flags |= PyBUF_WRITABLE
+        try:
+            PyObject_GetBuffer(obj, view, flags)
+        except (BufferError, TypeError, ValueError) as error:
+            raise _bad_buffer(obj, writable, itemsize, what, index, error) from None
+        self.held += 1
+        if view.ndim != 1 or not _format_ok(view, itemsize):
+            raise _bad_buffer(obj, writable, itemsize, what, index, None)
+        return view
+
+    cdef int output(self, object obj, Py_ssize_t itemsize, str what, void** data, int64_t* size) except -1:
+        cdef Py_buffer* view = self.take(obj, True, itemsize, what)
+        data[0] = view.buf
+        size[0] = view.shape[0]
+        return 0
 
 
-cdef list _labels_list(list ids, object labels):
-    if labels is None:
-        return [None] * len(ids)
-    labels = list(labels)
+cdef _Buffers _take_sources(object ids, object labels, Py_ssize_t outputs,
+                            vector[LayoutSequence]& sequences):
+    """Buffers of every ids (and labels) array, described in ``sequences``; room for ``outputs`` more."""
+    ids = list(ids)
+    labels = [None] * len(ids) if labels is None else list(labels)
     if len(labels) != len(ids):
         raise ValueError(f"got {len(ids)} input_ids arrays but {len(labels)} labels entries; "
                          f"pass one labels array (or None) per sequence")
-    return labels
-
-
-cdef int _take_sequences(list ids, list labels, vector[LayoutSequence]& sequences, Py_buffer* views,
-                         Py_ssize_t* held) except -1:
-    # held counts the views acquired so far: the caller releases them, also after an error here.
     cdef Py_ssize_t i, n = len(ids)
-    sequences.resize(n)
+    cdef _Buffers buffers = _Buffers.reserve(2 * n + outputs)
+    cdef Py_buffer* view
+    sequences.resize(n)  # default members: labels NULL, i.e. the ids are the labels
     for i in range(n):
-        _acquire(ids[i], &views[held[0]], False, 0, "ids", i)
-        held[0] += 1
-        sequences[i].ids = views[held[0] - 1].buf
-        sequences[i].length = views[held[0] - 1].shape[0]
-        sequences[i].ids_itemsize = <int32_t>views[held[0] - 1].itemsize
+        view = buffers.take(ids[i], False, 0, "ids", i)
+        sequences[i].ids = view.buf
+        sequences[i].length = view.shape[0]
+        sequences[i].ids_itemsize = <int32_t>view.itemsize
         if labels[i] is not None:
-            _acquire(labels[i], &views[held[0]], False, 0, "labels", i)
-            held[0] += 1
-            sequences[i].labels = views[held[0] - 1].buf
-            sequences[i].labels_length = views[held[0] - 1].shape[0]
-            sequences[i].labels_itemsize = <int32_t>views[held[0] - 1].itemsize
-        else:
-            sequences[i].labels = NULL
-            sequences[i].labels_length = 0
-            sequences[i].labels_itemsize = 8
-    return 0
+            view = buffers.take(labels[i], False, 0, "labels", i)
+            sequences[i].labels = view.buf
+            sequences[i].labels_length = view.shape[0]
+            sequences[i].labels_itemsize = <int32_t>view.itemsize
+    return buffers
 
 
 def write_layout(ids, labels, int64_t total_tokens, int64_t num_cu, int64_t pad_token_id,
                  int64_t label_pad_id, input_ids_out, labels_out, position_ids_out, seq_idx_out,
                  cu_seqlens_out):
     """Fills one packed row; see warppack/_packer.pyi and docs/architecture.md."""
-    ids = list(ids)
-    labels = _labels_list(ids, labels)
-    cdef Py_ssize_t n = len(ids)
     cdef vector[LayoutSequence] sequences
-    cdef Py_ssize_t slots = 2 * n + 5, held = 0, i
-    cdef Py_buffer* views = <Py_buffer*>PyMem_Malloc(slots * sizeof(Py_buffer))
-    if views == NULL:
-        raise MemoryError()
+    cdef _Buffers buffers = _take_sources(ids, labels, 5, sequences)
     cdef LayoutOutput out
-    try:
-        _take_sequences(ids, labels, sequences, views, &held)
-        _acquire(input_ids_out, &views[held], True, 8, "input_ids_out")
-        held += 1
-        out.input_ids = <int64_t*>views[held - 1].buf
-        out.input_ids_size = views[held - 1].shape[0]
-        _acquire(labels_out, &views[held], True, 8, "labels_out")
-        held += 1
-        out.labels = <int64_t*>views[held - 1].buf
-        out.labels_size = views[held - 1].shape[0]
-        _acquire(position_ids_out, &views[held], True, 8, "position_ids_out")
-        held += 1
-        out.position_ids = <int64_t*>views[held - 1].buf
-        out.position_ids_size = views[held - 1].shape[0]
-        _acquire(seq_idx_out, &views[held], True, 4, "seq_idx_out")
-        held += 1
-        out.seq_idx = <int32_t*>views[held - 1].buf
-        out.seq_idx_size = views[held - 1].shape[0]
-        _acquire(cu_seqlens_out, &views[held], True, 4, "cu_seqlens_out")
-        held += 1
-        out.cu_seqlens = <int32_t*>views[held - 1].buf
-        out.cu_seqlens_size = views[held - 1].shape[0]
-        with nogil:
-            cpp_write_layout(sequences.data(), n, total_tokens, num_cu, pad_token_id, label_pad_id,
-                             out)
-    finally:
-        for i in range(held):
-            PyBuffer_Release(&views[i])
-        PyMem_Free(views)
+    buffers.output(input_ids_out, 8, "input_ids_out", <void**>&out.input_ids, &out.input_ids_size)
+    buffers.output(labels_out, 8, "labels_out", <void**>&out.labels, &out.labels_size)
+    buffers.output(position_ids_out, 8, "position_ids_out", <void**>&out.position_ids, &out.position_ids_size)
+    buffers.output(seq_idx_out, 4, "seq_idx_out", <void**>&out.seq_idx, &out.seq_idx_size)
+    buffers.output(cu_seqlens_out, 4, "cu_seqlens_out", <void**>&out.cu_seqlens, &out.cu_seqlens_size)
+    cdef int64_t n = sequences.size()
+    with nogil:
+        cpp_write_layout(sequences.data(), n, total_tokens, num_cu, pad_token_id, label_pad_id, out)
 
 
 def write_layout_into(ids, labels, int64_t total_tokens, int64_t num_cu, int64_t pad_token_id,
                       int64_t label_pad_id, buffer):
     """Fills one packed row inside one byte buffer; see warppack/_packer.pyi."""
-    ids = list(ids)
-    labels = _labels_list(ids, labels)
-    cdef Py_ssize_t n = len(ids)
     cdef vector[LayoutSequence] sequences
-    cdef Py_ssize_t held = 0, i
-    cdef Py_buffer* views = <Py_buffer*>PyMem_Malloc((2 * n + 1) * sizeof(Py_buffer))
-    if views == NULL:
-        raise MemoryError()
-    cdef Py_buffer* out
-    try:
-        _take_sequences(ids, labels, sequences, views, &held)
-        out = &views[held]
-        try:
-            PyObject_GetBuffer(buffer, out, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE)
-        except (BufferError, TypeError, ValueError) as error:
-            raise TypeError(f"buffer must be a writable C-contiguous 1-D uint8 array, got "
-                            f"{_describe(buffer)} ({error})") from None
-        held += 1
-        if out.ndim != 1 or out.itemsize != 1 or out.format == NULL or out.format[0] != b'B':
-            raise TypeError(f"buffer must be a writable C-contiguous 1-D uint8 array, got {_describe(buffer)}")
-        with nogil:
-            cpp_write_layout_buffer(sequences.data(), n, total_tokens, num_cu, pad_token_id, label_pad_id,
-                                    out.buf, out.len)
-    finally:
-        for i in range(held):
-            PyBuffer_Release(&views[i])
-        PyMem_Free(views)
+    cdef _Buffers buffers = _take_sources(ids, labels, 1, sequences)
+    cdef Py_buffer* out = buffers.take(buffer, True, 1, "buffer")
+    cdef int64_t n = sequences.size()
+    with nogil:
+        cpp_write_layout_buffer(sequences.data(), n, total_tokens, num_cu, pad_token_id, label_pad_id,
+                                out.buf, out.len)

@@ -35,9 +35,13 @@ struct LayoutOutput {
 // mostly padding must not hold it as one budget-long segment.
 constexpr int64_t kMaxPaddingSegment = 512;
 
+// seq_idx of every padding token: no real sequence (real ones are 0 .. n-1).
+constexpr int32_t kPaddingSeqIdx = -1;
+
 // Writes n sequences then the padding up to total_tokens: as few segments of at most
 // kMaxPaddingSegment tokens as the spare cu_seqlens entries allow, lengths as even as possible
-// (one segment when num_cu has room for only one), positions restarting in each. Checks every size
+// (one segment when num_cu has room for only one), positions restarting in each, seq_idx
+// kPaddingSeqIdx, labels label_pad_id. Checks every size
 // first (outputs must hold exactly total_tokens and num_cu entries, itemsizes 4 or 8); throws
 // std::invalid_argument on any misuse and on negative token ids (the outputs are then partially
 // written).
@@ -45,7 +49,7 @@ void write_layout(const LayoutSequence* sequences, int64_t n, int64_t total_toke
                   int64_t pad_token_id, int64_t label_pad_id, const LayoutOutput& out);
 
 // The same row inside one byte buffer, at the offsets of docs/architecture.md ("Batch buffer",
-// mirrored by warppack._batch.BufferLayout): input_ids, labels, position_ids as int64[total_tokens],
+// mirrored by warppack.batch.packed.BufferLayout): input_ids, labels, position_ids as int64[total_tokens],
 // then seq_idx int32[total_tokens], then cu_seqlens int32[num_cu]. The buffer must be 8-byte
 // aligned and hold at least that many bytes.
 void write_layout_buffer(const LayoutSequence* sequences, int64_t n, int64_t total_tokens, int64_t num_cu,

@@ -27,6 +27,8 @@ int64_t count_pieces(const int64_t* lengths, int64_t n, const PlanOptions& optio
 // Plans into caller-provided arrays: items, starts and sizes hold `pieces` entries (the value
 // count_pieces returned), bin_offsets holds pieces + 1. Returns the number of bins B; bin b is
 // pieces [bin_offsets[b], bin_offsets[b + 1]) and bin_offsets[0..B] are the only entries written.
+// count_pieces and plan_lengths read the lengths several times: they must not change from the
+// count to the end of the plan (the Python boundary plans a private copy).
 int64_t plan_lengths(const int32_t* lengths, int64_t n, const PlanOptions& options, int64_t pieces,
                      int64_t* items, int64_t* starts, int64_t* sizes, int64_t* bin_offsets);
 int64_t plan_lengths(const int64_t* lengths, int64_t n, const PlanOptions& options, int64_t pieces,
@@ -37,7 +39,8 @@ int64_t plan_lengths(const int64_t* lengths, int64_t n, const PlanOptions& optio
 // bin. items holds n entries; on success *bin_offsets is a new array of *num_bins + 1 entries that
 // the caller releases with free_plan_buffer, and *num_tokens the sum of the lengths. Returns false
 // without a plan when some example is longer than max_tokens under truncate or split (use
-// plan_lengths); throws std::invalid_argument like plan_lengths otherwise.
+// plan_lengths); throws std::invalid_argument like plan_lengths otherwise. Reads each length exactly
+// once, so another thread writing them meanwhile gives the plan of the values read, never a bad one.
 bool plan_whole(const int32_t* lengths, int64_t n, const PlanOptions& options, int64_t* items,
                 int64_t** bin_offsets, int64_t* num_bins, int64_t* num_tokens);
 bool plan_whole(const int64_t* lengths, int64_t n, const PlanOptions& options, int64_t* items,

@@ -155,14 +155,14 @@ def test_a_batch_nobody_has_read_yet_still_owns_its_buffer():
 @pytest.mark.parametrize(
     "examples, error, match",
     [
-        ([{"input_ids": []}], ValueError, r"example 0: 'input_ids' is empty"),
-        ([{"input_ids": [1.5, 2.0]}], TypeError, r"example 0: 'input_ids' has dtype float64"),
+        ([{"input_ids": []}], ValueError, r"example 0 of this batch: 'input_ids' is empty"),
+        ([{"input_ids": [1.5, 2.0]}], TypeError, r"example 0 of this batch: 'input_ids' has dtype float64"),
         ([{"input_ids": torch.ones(3)}], TypeError, r"dtype torch.float32"),
-        ([{"input_ids": [1]}, {"input_ids": [[1, 2]]}], ValueError, r"example 1: 'input_ids' has shape \(1, 2\)"),
-        ([{"input_ids": [1, 2], "labels": [1]}], ValueError, r"example 0: 'labels' has 1 tokens but 'input_ids' has 2"),
+        ([{"input_ids": [1]}, {"input_ids": [[1, 2]]}], ValueError, r"example 1 of this batch: 'input_ids' has shape \(1, 2\)"),
+        ([{"input_ids": [1, 2], "labels": [1]}], ValueError, r"example 0 of this batch: 'labels' has 1 tokens but 'input_ids' has 2"),
         ([{"input_ids": [3, -4]}], ValueError, r"-4"),
         ([{"input_ids": np.array([2**63], dtype=np.uint64)}], ValueError, r"overflows the int64"),
-        ([{"text": "hi"}], TypeError, r"example 0: expected a mapping with 'input_ids'"),
+        ([{"text": "hi"}], TypeError, r"example 0 of this batch: expected a mapping with 'input_ids'"),
         ([{"input_ids": [1, 2], "attention_mask": [1, 0]}], ValueError, r"padding=False"),
     ],
 )
@@ -172,7 +172,7 @@ def test_bad_examples_name_the_example_field_and_fix(examples, error, match):
 
 
 def test_budget_errors():
-    with pytest.raises(ValueError, match=r"example 1: 'input_ids' has 9 tokens, more than max_tokens=8"):
+    with pytest.raises(ValueError, match=r"example 1 of this batch: 'input_ids' has 9 tokens, more than max_tokens=8"):
         PackedCollator(8)([{"input_ids": [1]}, {"input_ids": list(range(9))}])
     with pytest.raises(ValueError, match=r"hold 10 tokens, more than max_tokens=8.*PackedBatchSampler"):
         PackedCollator(8)([{"input_ids": list(range(5))}, {"input_ids": list(range(5))}])
@@ -249,15 +249,15 @@ def test_every_source_type_gives_the_int64_batch(seqs, static, mask):
 def test_errors_name_the_example_on_every_path(kind):
     convert = _WIDTHS[kind]
     collate = PackedCollator(16, skip_empty=True)
-    with pytest.raises(ValueError, match=r"example 2: 'input_ids' has token id -3 at position 1"):
+    with pytest.raises(ValueError, match=r"example 2 of this batch: 'input_ids' has token id -3 at position 1"):
         collate([{"input_ids": convert([1, 2])}, {"input_ids": convert([])}, {"input_ids": convert([4, -3])}])
-    with pytest.raises(ValueError, match=r"example 1: 'labels' has 1 tokens but 'input_ids' has 2"):
+    with pytest.raises(ValueError, match=r"example 1 of this batch: 'labels' has 1 tokens but 'input_ids' has 2"):
         collate([{"input_ids": convert([1])}, {"input_ids": convert([1, 2]), "labels": convert([5])}])
-    with pytest.raises(ValueError, match=r"example 1: 'input_ids' has 17 tokens, more than max_tokens=16"):
+    with pytest.raises(ValueError, match=r"example 1 of this batch: 'input_ids' has 17 tokens, more than max_tokens=16"):
         collate([{"input_ids": convert([1])}, {"input_ids": convert(list(range(17)))}])
-    with pytest.raises(ValueError, match=r"example 0: 'attention_mask' contains zeros"):
+    with pytest.raises(ValueError, match=r"example 0 of this batch: 'attention_mask' contains zeros"):
         collate([{"input_ids": convert([1, 2]), "attention_mask": np.array([1, 0])}])
-    with pytest.raises(ValueError, match=r"example 1: 'input_ids' has shape \(1, 2\)"):
+    with pytest.raises(ValueError, match=r"example 1 of this batch: 'input_ids' has shape \(1, 2\)"):
         collate([{"input_ids": convert([1])}, {"input_ids": np.ones((1, 2), np.int64)}])
     batch = collate([{"input_ids": convert([7, 8])}, {"input_ids": convert([])}])
     assert batch["input_ids"].tolist() == [[7, 8]] and batch.num_sequences == 1

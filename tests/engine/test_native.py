@@ -337,7 +337,7 @@ def test_padding_pieces_are_short_even_and_restart_their_positions(n, padding, e
     else:
         assert len(lengths) == spare  # every spare entry used
     assert all(positions[a:b].tolist() == list(range(b - a)) for a, b in pieces)
-    assert (seq_idx[3 * n:] == n).all() and cu == sorted(cu)
+    assert (seq_idx[3 * n:] == -1).all() and cu == sorted(cu)
 
 
 @settings(max_examples=150, deadline=None)

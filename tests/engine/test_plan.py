@@ -1,4 +1,4 @@
-"""plan() and Plan: the Python layer over the engine (the engine itself: test_engine.py)."""
+"""plan() and Plan: the Python layer over the engine (the engine itself: test_native.py)."""
 
 import numpy as np
 import pytest
@@ -40,8 +40,22 @@ def test_empty_lengths_give_an_empty_plan():
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        (dict(lengths=[1.5, 2], max_tokens=8), TypeError, "lengths must be integers"),
-        (dict(lengths=[[1, 2]], max_tokens=8), ValueError, "1-D"),
+        (dict(lengths=[1.5, 2], max_tokens=8), TypeError, r"lengths must be integer token counts, got dtype float64"),
+        (dict(lengths=[[1, 2]], max_tokens=8), TypeError, r"lengths\[0\] = \[1, 2\] \(list\).*lengths_of"),
+        (dict(lengths=[[1, 2], [3]], max_tokens=8), TypeError, r"lengths\[0\] = \[1, 2\].*lengths_of"),
+        (dict(lengths=np.ones((2, 3), np.int64), max_tokens=8), ValueError, r"1-D .* got shape \(2, 3\)"),
+        (dict(lengths=np.array(5), max_tokens=8), ValueError, r"got shape \(\)"),
+        (dict(lengths=5, max_tokens=8), TypeError, r"got 5 \(int\)"),
+        (dict(lengths=None, max_tokens=8), TypeError, r"got None"),
+        (dict(lengths=[{"input_ids": [1]}], max_tokens=8), TypeError, r"lengths\[0\] = \{'input_ids'.*lengths_of"),
+        (dict(lengths=[3, True], max_tokens=8), TypeError, r"lengths\[1\] is the bool True"),
+        (dict(lengths=np.array([True]), max_tokens=8), TypeError, r"dtype bool"),
+        (dict(lengths=["3"], max_tokens=8), TypeError, r"lengths\[0\] = '3' \(str\)"),
+        (dict(lengths=np.array([2**64 - 1], np.uint64), max_tokens=8), ValueError, r"lengths\[0\] = 18446744073709551615 overflows int64"),
+        (dict(lengths=[-1, 2**63], max_tokens=8), ValueError, r"lengths\[1\] = 9223372036854775808 overflows int64"),
+        (dict(lengths=[2**64], max_tokens=8), ValueError, r"lengths\[0\] = 18446744073709551616 overflows int64"),
+        (dict(lengths=(n for n in [1, 2]), max_tokens=8), TypeError, r"generator"),
+        (dict(lengths=[1, 2], max_tokens=8, shuffle="yes"), TypeError, r"shuffle must be True or False, got 'yes'"),
         (dict(lengths=[1, 2], max_tokens=0), ValueError, "max_tokens must be > 0"),
         (dict(lengths=[1, 2], max_tokens=8.0), TypeError, "max_tokens must be a positive int"),
         (dict(lengths=[1, 2], max_tokens=2**31), ValueError, "int32 range"),
@@ -99,3 +113,20 @@ def test_bins_repr_shows_the_first_bins_and_the_count():
     assert repr(warppack.plan([3, 5, 2], 8).bins) == "[[1, 0], [2]]"
     many = repr(warppack.plan([1] * 100, 8).bins)
     assert many.startswith("[[0, 1, 2, 3, 4, 5, 6, 7], ") and many.endswith(", ... (13 bins)]")
+
+
+def test_a_dataset_passed_as_lengths_points_to_lengths_of():
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.Dataset.from_dict({"input_ids": [[1, 2], [3]]})
+    with pytest.raises(TypeError, match=r"got a datasets\.arrow_dataset\.Dataset; count the tokens with warppack\.lengths_of"):
+        plan(ds, 8)
+
+
+def test_sizes_of_a_whole_plan_refuse_lengths_changed_after_planning():
+    lengths = np.array([3, 5, 2], np.int64)
+    p = plan(lengths, 8)
+    lengths[1] = 9
+    with pytest.raises(ValueError, match=r"changed after planning.*lengths\.copy\(\)"):
+        p.sizes
+    lengths[1] = 5
+    assert p.sizes.tolist() == [5, 3, 2] and p.bin_tokens().tolist() == [8, 2]

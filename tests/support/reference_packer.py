@@ -1,4 +1,4 @@
-"""A slow, obviously-correct pure-Python model of the C++ engine, used by tests/test_engine.py.
+"""A slow, obviously-correct pure-Python model of the C++ engine, used by tests/engine/test_native.py.
 
 It mirrors the engine's documented rules exactly (including tie-breaks and the shuffle RNG), so the
 tests can compare whole plans, plus textbook best-/first-fit decreasing for bin-count bounds.
@@ -171,6 +171,7 @@ def plan(lengths, max_tokens, strategy="bfd", max_seqs=0, overlong="error", buff
 
 
 MAX_PADDING_SEGMENT = 512  # cpp/warppack/layout.hpp: kMaxPaddingSegment
+PADDING_SEQ_IDX = -1  # cpp/warppack/layout.hpp: kPaddingSeqIdx
 
 
 def layout(ids, labels, total_tokens, num_cu, pad_token_id, label_pad_id):
@@ -192,7 +193,7 @@ def layout(ids, labels, total_tokens, num_cu, pad_token_id, label_pad_id):
             input_ids += [pad_token_id] * n
             out_labels += [label_pad_id] * n
             positions += list(range(n))
-            seq_idx += [len(ids)] * n
+            seq_idx += [PADDING_SEQ_IDX] * n
             cu.append(len(input_ids))
     cu += [total_tokens] * (num_cu - len(cu))
     return input_ids, out_labels, positions, seq_idx, cu

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+import threading
+from collections.abc import Mapping, Sequence
 from itertools import repeat
 from operator import is_, itemgetter
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -14,7 +15,8 @@ import torch
 from warppack import _packer
 from warppack.batch.packed import BufferLayout, PackedBatch
 from warppack.batch.pool import BufferPool
-from warppack.engine.options import check_int, check_int32_count
+from warppack.engine.config import PackingConfig, merge_packing
+from warppack.engine.options import check_flag, check_int, check_int32_count
 
 __all__ = ["PackedCollator", "as_token_array"]
 
@@ -28,37 +30,90 @@ _INPUT_IDS = itemgetter("input_ids")
 _ENGINE_SEQUENCE = re.compile(r"^sequence (\d+) has token id")
 
 
+def _where(index: int, field: str) -> str:
+    # The position in the list the collator got: examples carry no dataset index.
+    return f"example {index} of this batch: {field!r}"
+
+
 def as_token_array(value: Any, *, index: int, field: str) -> np.ndarray:
     """Return ``value`` as a contiguous 1-D int32/int64 array, or raise naming the example and field."""
     if torch.is_tensor(value):
         if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
             raise TypeError(
-                f"example {index}: {field!r} has dtype {value.dtype}; token ids must be integers "
+                f"{_where(index, field)} has dtype {value.dtype}; token ids must be integers "
                 f"(cast with .long(), or check the tokenizer output)"
             )
         value = value.detach().cpu().numpy()
-    array = np.asarray(value)
+    try:
+        array = np.asarray(value)
+    except (ValueError, OverflowError):  # ragged nesting, as numpy's "inhomogeneous shape"
+        raise ValueError(
+            f"{_where(index, field)} holds nested sequences of different lengths ({repr(value)[:40]}); each "
+            f"example must be one 1-D sequence of token ids"
+        ) from None
     if array.dtype == object or array.dtype.kind not in "iu":
         if array.size == 0:
             array = array.astype(np.int64)
         else:
+            sample = array.reshape(-1)[:3].tolist()
+            if array.dtype == object and all(isinstance(v, int) and not isinstance(v, bool) for v in sample):
+                raise ValueError(
+                    f"{_where(index, field)} holds {sample}, past the int64 range of the output; token ids "
+                    f"must be in 0..2**63-1"
+                )
             raise TypeError(
-                f"example {index}: {field!r} has dtype {array.dtype}; token ids must be integers "
-                f"(got e.g. {array.reshape(-1)[:3].tolist()}); tokenize to ints before collating"
+                f"{_where(index, field)} has dtype {array.dtype}; token ids must be integers "
+                f"(got e.g. {sample}); tokenize to ints before collating"
             )
     if array.ndim != 1:
         raise ValueError(
-            f"example {index}: {field!r} has shape {array.shape}; each example must be one 1-D "
+            f"{_where(index, field)} has shape {array.shape}; each example must be one 1-D "
             f"sequence. Pass unbatched examples (e.g. ids[0] or tokenizer(..., return_tensors=None))"
         )
     if array.dtype == np.uint64 and array.size and array.max() > _INT64_MAX:
         raise ValueError(
-            f"example {index}: {field!r} holds {int(array.max())}, which overflows the int64 output; "
+            f"{_where(index, field)} holds {int(array.max())}, which overflows the int64 output; "
             f"token ids must be below 2**63"
         )
     if array.dtype not in _ENGINE_DTYPES or not array.flags.c_contiguous:
         array = np.ascontiguousarray(array, dtype=np.int64)
     return array
+
+
+def _check_mask(mask: Any, length: int, index: int) -> None:
+    array = mask.detach().cpu().numpy() if torch.is_tensor(mask) else np.asarray(mask)
+    if array.dtype.kind not in "biu" and array.size:
+        raise TypeError(
+            f"{_where(index, 'attention_mask')} has dtype {array.dtype}; pass the tokenizer's mask of 0/1 "
+            f"ints, or leave it out"
+        )
+    if array.shape != (length,):
+        raise ValueError(
+            f"{_where(index, 'attention_mask')} has shape {array.shape} but 'input_ids' has {length} "
+            f"tokens; pass the mask of this example (or leave it out)"
+        )
+    if length and not bool(array.all()):
+        raise ValueError(
+            f"{_where(index, 'attention_mask')} contains zeros, i.e. the example is padded; "
+            f"warppack packs unpadded examples: tokenize with padding=False"
+        )
+
+
+def _masks_all_ones(masks: List[Any], lengths: List[int]) -> bool:
+    """True when every mask given is a numpy 0/1 array of its example's length with no zeros."""
+    for mask, length in zip(masks, lengths):
+        if mask is None:
+            continue
+        if type(mask) is not np.ndarray or mask.dtype.kind not in "biu" or mask.shape != (length,):
+            return False
+        if not mask.all():
+            return False
+    return True
+
+
+_SPLIT_REFUSED = ("overlong={overlong!r}: a collator can 'error' or 'truncate' an example longer than max_tokens; "
+                  "to split long documents use warppack.plan(..., overlong='split') or "
+                  "warppack.PackedIterableDataset(..., overlong='split')")
 
 
 def _optional_int(value: Any, name: str) -> Optional[int]:
@@ -75,13 +130,26 @@ class PackedCollator:
     ``cu_seq_lens_q/k`` marking the boundaries and the first label of every sequence ignored, so
     no token is trained to predict across a boundary.
 
-    ``max_tokens`` is the token budget a batch may not exceed (use :class:`PackedBatchSampler`
-    to form batches that fit). ``pad_to_multiple_of`` pads the total length; ``static_shape=True``
-    pads every batch to exactly ``max_tokens`` tokens and ``max_sequences + 1`` boundaries, so
+    ``max_tokens`` is the token budget a batch may not exceed, padding included (use
+    :class:`PackedBatchSampler` to form batches that fit). ``pad_to_multiple_of`` pads the total
+    length; with a budget too, the budget must be a multiple of it. ``static_shape=True`` pads every
+    batch to exactly ``max_tokens`` tokens and ``max_sequences + 1`` boundaries, so
     ``torch.compile`` and CUDA graphs see one shape (the padding is laid out in segments of at most
     512 tokens as far as spare boundaries allow, so attention over it stays cheap).
     ``pin_memory="auto"`` writes into a reusable pinned buffer when CUDA is available and the
-    collator runs in the main process.
+    collator runs in the main process. ``overlong="truncate"`` keeps the first ``max_tokens`` tokens
+    of a longer example (the sampler counts them and warns).
+
+    ``packing``: a :class:`~warppack.PackingConfig` giving ``max_tokens``, ``overlong``,
+    ``pad_to_multiple_of``, ``static_shape`` and ``max_sequences``; arguments left at their defaults
+    take its values, and one that disagrees with it is an error. ``.packing`` is the config this
+    collator implies (``overlong`` None when none was chosen): build the sampler from it, and the two
+    agree on the budget and the policy.
+
+    An empty list gives the zero-loss step (one padding token, or the static shape, every label
+    ignored) that a rank without data runs to keep step counts equal. Errors name the example by
+    its position in the list (``example 2 of this batch``) and the field, value and fix. One
+    collator may be shared by threads: its buffer pool never hands one buffer to two batches.
 
     >>> collate = PackedCollator()
     >>> batch = collate([{"input_ids": [5, 6, 7]}, {"input_ids": [8, 9]}])
@@ -91,6 +159,7 @@ class PackedCollator:
     [[-100, 6, 7, -100, 9]]
     """
 
+    packing: PackingConfig
     max_tokens: Optional[int]
     pad_token_id: int
     label_pad_id: int
@@ -101,11 +170,13 @@ class PackedCollator:
     overlong: str
     skip_empty: bool
     _pools: Dict[bool, BufferPool]
+    _lock: threading.Lock
 
     def __init__(
         self,
         max_tokens: Optional[int] = None,
         *,
+        packing: Optional[PackingConfig] = None,
         pad_token_id: int = 0,
         label_pad_id: int = -100,
         pad_to_multiple_of: Optional[int] = None,
@@ -115,40 +186,49 @@ class PackedCollator:
         overlong: str = "error",
         skip_empty: bool = False,
     ) -> None:
-        self.max_tokens = _optional_int(max_tokens, "max_tokens")
+        max_tokens = _optional_int(max_tokens, "max_tokens")
         # The layout writer stores ids as int64: a larger id would fail at every batch instead of here.
         self.pad_token_id = check_int(pad_token_id, name="pad_token_id", minimum=0, maximum=2**63 - 1)
         self.label_pad_id = check_int(label_pad_id, name="label_pad_id", minimum=-(2**63), maximum=2**63 - 1,
                                       example=-100)
-        self.pad_to_multiple_of = _optional_int(pad_to_multiple_of, "pad_to_multiple_of")
-        self.static_shape = bool(static_shape)
-        if self.static_shape and self.max_tokens is None:
-            raise ValueError("static_shape=True pads every batch to max_tokens; pass max_tokens=... too")
-        if (
-            self.static_shape
-            and self.pad_to_multiple_of
-            and self.max_tokens % self.pad_to_multiple_of
-        ):
-            raise ValueError(
-                f"static_shape=True pads to max_tokens={self.max_tokens}, which is not a multiple of "
-                f"pad_to_multiple_of={self.pad_to_multiple_of}; make max_tokens a multiple of it"
-            )
-        self.max_sequences = _optional_int(max_sequences, "max_sequences")
+        pad_to_multiple_of = _optional_int(pad_to_multiple_of, "pad_to_multiple_of")
+        static_shape = check_flag(static_shape, name="static_shape")
+        max_sequences = _optional_int(max_sequences, "max_sequences")
         if pin_memory not in ("auto", True, False):
             raise ValueError(f"pin_memory must be 'auto', True or False, got {pin_memory!r}")
         if pin_memory is True and not torch.cuda.is_available():
             raise ValueError("pin_memory=True needs CUDA, which is not available; use pin_memory='auto'")
         self.pin_memory = pin_memory
         if overlong not in ("error", "truncate"):
-            raise ValueError(
-                f"overlong={overlong!r}: a collator can 'error' or 'truncate' an example longer than "
-                f"max_tokens; to split long documents use warppack.plan(..., overlong='split')"
-            )
-        if overlong == "truncate" and self.max_tokens is None:
+            raise ValueError(_SPLIT_REFUSED.format(overlong=overlong))
+        # Arguments at their defaults take the config's values ("error" included: it means none was chosen).
+        self.packing = merge_packing(
+            packing, {"max_tokens": max_tokens, "pad_to_multiple_of": pad_to_multiple_of,
+                      "static_shape": static_shape or None, "max_sequences": max_sequences,
+                      "overlong": None if overlong == "error" else overlong}, owner="PackedCollator")
+        self.max_tokens, self.pad_to_multiple_of = self.packing.max_tokens, self.packing.pad_to_multiple_of
+        self.static_shape, self.max_sequences = self.packing.static_shape, self.packing.max_sequences
+        self.overlong = self.packing.overlong or "error"
+        if self.overlong not in ("error", "truncate"):
+            raise ValueError(_SPLIT_REFUSED.format(overlong=self.overlong))
+        if self.static_shape and self.max_tokens is None:
+            raise ValueError("static_shape=True pads every batch to max_tokens; pass max_tokens=... too")
+        if self.overlong == "truncate" and self.max_tokens is None:
             raise ValueError("overlong='truncate' truncates to max_tokens; pass max_tokens=... too")
-        self.overlong = overlong
-        self.skip_empty = bool(skip_empty)
+        self.skip_empty = check_flag(skip_empty, name="skip_empty")
         self._pools = {}
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> Dict[str, Any]:
+        # Buffers and the lock stay with this process; a copy (e.g. in a DataLoader worker) starts empty.
+        state = dict(self.__dict__)
+        del state["_pools"], state["_lock"]
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._pools = {}
+        self._lock = threading.Lock()
 
     # -- examples -> arrays ------------------------------------------------------------------
     def _fast_arrays(self, examples: Sequence[Any]) -> Optional[Tuple[List[Any], Optional[List[Any]], List[int]]]:
@@ -168,7 +248,10 @@ class PackedCollator:
             return None
         if set(map(type, ids_list)) - _NDARRAY:
             return None
-        lengths = list(map(len, ids_list))
+        try:
+            lengths = list(map(len, ids_list))
+        except TypeError:  # a 0-D array
+            return None
         if lengths and (min(lengths) == 0 or (self.max_tokens is not None and max(lengths) > self.max_tokens)):
             return None
         labels = list(map(dict.get, examples, repeat("labels")))
@@ -178,7 +261,7 @@ class PackedCollator:
         elif set(map(type, labels)) - _NDARRAY_OR_NONE:
             return None
         masks = list(map(dict.get, examples, repeat("attention_mask")))
-        if not all(map(is_, masks, repeat(None))) and not all(np.asarray(m).all() for m in masks if m is not None):
+        if not all(map(is_, masks, repeat(None))) and not _masks_all_ones(masks, lengths):
             return None
         return ids_list, labels_list, lengths
 
@@ -188,9 +271,12 @@ class PackedCollator:
         kept: List[int] = []
         for index, example in enumerate(examples):
             if not isinstance(example, Mapping) or "input_ids" not in example:
-                got = sorted(example)[:6] if isinstance(example, Mapping) else type(example).__name__
+                got = repr(example)[:40]
+                if isinstance(example, Mapping):
+                    got = f"the keys {sorted(map(str, example))[:6]}"
                 raise TypeError(
-                    f"example {index}: expected a mapping with 'input_ids' (and optional 'labels'), got {got}"
+                    f"example {index} of this batch: expected a mapping with 'input_ids' (and optional "
+                    f"'labels'), got {got}"
                 )
             ids = as_token_array(example["input_ids"], index=index, field="input_ids")
             labels = example.get("labels")
@@ -198,21 +284,18 @@ class PackedCollator:
                 labels = as_token_array(labels, index=index, field="labels")
                 if len(labels) != len(ids):
                     raise ValueError(
-                        f"example {index}: 'labels' has {len(labels)} tokens but 'input_ids' has "
+                        f"{_where(index, 'labels')} has {len(labels)} tokens but 'input_ids' has "
                         f"{len(ids)}; they must align (warppack shifts nothing: labels[t] is the target "
                         f"at position t, as in transformers)"
                     )
             mask = example.get("attention_mask")
-            if mask is not None and len(ids) and not bool(np.asarray(mask).all()):
-                raise ValueError(
-                    f"example {index}: 'attention_mask' contains zeros, i.e. the example is padded; "
-                    f"warppack packs unpadded examples: tokenize with padding=False"
-                )
+            if mask is not None:
+                _check_mask(mask, len(ids), index)
             if len(ids) == 0:
                 if self.skip_empty:
                     continue
                 raise ValueError(
-                    f"example {index}: 'input_ids' is empty; filter empty examples out or pass "
+                    f"{_where(index, 'input_ids')} is empty; filter empty examples out or pass "
                     f"PackedCollator(skip_empty=True)"
                 )
             if self.max_tokens is not None and len(ids) > self.max_tokens:
@@ -221,7 +304,7 @@ class PackedCollator:
                     labels = None if labels is None else labels[: self.max_tokens]
                 else:
                     raise ValueError(
-                        f"example {index}: 'input_ids' has {len(ids)} tokens, more than "
+                        f"{_where(index, 'input_ids')} has {len(ids)} tokens, more than "
                         f"max_tokens={self.max_tokens}; raise max_tokens, filter long examples, or pass "
                         f"PackedCollator(overlong='truncate')"
                     )
@@ -268,6 +351,7 @@ class PackedCollator:
         return total, num_cu, has_padding
 
     def _buffer(self, nbytes: int) -> Tuple[torch.Tensor, Optional[BufferPool]]:
+        """Exactly ``nbytes`` bytes that no other batch uses, and the pool they came from."""
         in_worker = torch.utils.data.get_worker_info() is not None
         pinned = self.pin_memory is True or (
             self.pin_memory == "auto" and not in_worker and torch.cuda.is_available()
@@ -278,15 +362,19 @@ class PackedCollator:
             return torch.empty(nbytes, dtype=torch.uint8), None
         pool = self._pools.get(pinned)
         if pool is None:
-            pool = self._pools[pinned] = BufferPool(pinned=pinned)
+            with self._lock:  # one pool per kind, also when threads make their first batch together
+                pool = self._pools.setdefault(pinned, BufferPool(pinned=pinned))
         return pool.acquire(nbytes), pool
 
     # -- public ------------------------------------------------------------------------------
     def __call__(self, examples: Sequence[Any]) -> PackedBatch:
-        if isinstance(examples, Mapping):
+        if type(examples) is not list and (
+            isinstance(examples, (Mapping, str, bytes)) or not isinstance(examples, Sequence)
+        ):
+            fix = "wrap it in a list" if isinstance(examples, Mapping) else "pass list(examples)"
             raise TypeError(
-                "PackedCollator takes a list of examples (what a DataLoader passes to collate_fn), "
-                "got a single mapping; wrap it in a list"
+                f"examples must be a list of examples (what a DataLoader passes to collate_fn), got "
+                f"{type(examples).__name__}; {fix}"
             )
         fast = self._fast_arrays(examples)
         if fast is not None:
@@ -309,9 +397,6 @@ class PackedCollator:
         _packer.write_layout_into(
             ids_list, labels_list, total, num_cu, self.pad_token_id, self.label_pad_id, host
         )
-        if has_padding:  # marks the padding (seq_idx n from the writer) as no real sequence
-            at = layout.offsets[3]
-            host[at + 4 * real_tokens : at + 4 * total].view(np.int32)[:] = -1
         padding = total - real_tokens
         max_length = total if self.static_shape else max(max(lengths, default=0), padding)
         return PackedBatch._from_buffer(
@@ -336,5 +421,5 @@ def _name_example(message: str, kept: List[int]) -> str:
     match = _ENGINE_SEQUENCE.match(message)
     if match is not None and int(match.group(1)) < len(kept):
         index = kept[int(match.group(1))]
-        message = f"example {index}: 'input_ids' has token id{message[match.end():]} (check the tokenizer)"
+        message = f"{_where(index, 'input_ids')} has token id{message[match.end():]} (check the tokenizer)"
     return f"{message} (in a batch of {len(kept)} examples)"

@@ -63,6 +63,10 @@ class PackedBatch(Mapping):
 
     A plain mapping of those keys is accepted too (``PackedBatch(dict(batch))``), which is what
     libraries that rebuild mappings key by key (HF Trainer's input preparation) do.
+
+    Threads may read one batch (keys, statistics, ``to``) at the same time; setting or deleting a key
+    while another thread uses the batch is not safe. Its buffer is never reused while the batch,
+    or any tensor taken from it, is alive.
     """
 
     # A batch made from a buffer creates its tensor views on first access: the usual first call is
@@ -108,15 +112,16 @@ class PackedBatch(Mapping):
         # Every key is there by construction: skip __init__'s check and copy (once per batch).
         batch = cls.__new__(cls)
         batch._data = None  # views made on first access (see _items)
-        batch._max_length = max_length
-        batch._num_sequences = num_sequences
-        batch._num_padding = num_padding
-        # A view of its own, not the pool's tensor: it holds a reference to the storage, which is
-        # how the pool knows the buffer is still in use before any key has been read.
-        batch._buffer = buffer[: layout.nbytes]
-        batch._layout = layout
-        batch._on_copy = on_copy
+        batch._max_length, batch._num_sequences, batch._num_padding = max_length, num_sequences, num_padding
+        # ``buffer`` is exactly layout.nbytes and the batch's own tensor (the pool hands out views,
+        # never its own tensors): that reference to the storage is how the pool knows the buffer is
+        # in use before any key has been read.
+        batch._buffer, batch._layout, batch._on_copy = buffer, layout, on_copy
         return batch
+
+    def __getstate__(self) -> Dict[str, Any]:
+        # The copy notifier belongs to this process's buffer pool; a copy elsewhere needs none.
+        return {**self.__dict__, "_on_copy": None}
 
     def _items(self) -> Dict[str, Any]:
         data = self._data

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any, List, Optional
 
 import torch
@@ -10,7 +11,7 @@ __all__ = ["BufferPool"]
 
 
 def _storage_in_use(buffer: torch.Tensor) -> bool:
-    """True while any tensor other than ``buffer`` itself (a view handed to the user) shares its storage."""
+    """True while any tensor other than ``buffer`` itself (a view handed out) shares its storage."""
     use_count = getattr(torch._C, "_storage_Use_Count", None)
     if use_count is None:  # private API gone: never reuse, always correct
         return True
@@ -29,15 +30,20 @@ class _Slot:
 class BufferPool:
     """Hands out uint8 host buffers of at least ``nbytes``, recycling those nobody uses any more.
 
-    A buffer is reused only when no view of it is alive (the user dropped the batch) and no
-    asynchronous device copy out of it is still pending, so reuse can never change a batch that
+    A buffer is reused only when no view of it is alive (every batch made from it was dropped) and
+    no asynchronous device copy out of it is still pending, so reuse can never change a batch that
     someone still sees. Buffers are pinned when ``pinned=True`` (fast, asynchronous host→device).
+
+    Safe to share between threads: a lock covers the choice of a buffer and the creation of the
+    view handed out, and that view is what marks the buffer as taken, so two callers never get the
+    same buffer.
     """
 
     def __init__(self, *, pinned: bool, max_buffers: int = 4) -> None:
         self.pinned = pinned
         self.max_buffers = max_buffers
         self._slots: List[_Slot] = []
+        self._lock = threading.Lock()
         self.allocations = 0  # buffers created so far; constant in steady state
 
     def _free(self, slot: _Slot) -> bool:
@@ -54,33 +60,39 @@ class BufferPool:
         return torch.empty(capacity, dtype=torch.uint8, pin_memory=self.pinned)
 
     def acquire(self, nbytes: int) -> torch.Tensor:
-        """A buffer of at least ``nbytes`` bytes; its contents are undefined."""
-        best: Optional[_Slot] = None
-        for slot in self._slots:
-            if slot.buffer.numel() >= nbytes and self._free(slot):
-                if best is None or slot.buffer.numel() < best.buffer.numel():
-                    best = slot
-        if best is not None:
-            best.copy_done = None
-            return best.buffer
-        buffer = self._allocate(nbytes)
-        if len(self._slots) < self.max_buffers:
-            self._slots.append(_Slot(buffer))
-        else:
-            # Replace a free slot that was too small, so the pool adapts to larger batches.
-            for i, slot in enumerate(self._slots):
-                if self._free(slot):
-                    self._slots[i] = _Slot(buffer)
-                    break
-        return buffer
+        """A view of exactly ``nbytes`` bytes of a buffer nobody else holds; its contents are undefined.
+
+        The buffer returns to the pool once the view and every tensor made from it are gone.
+        """
+        with self._lock:
+            best: Optional[_Slot] = None
+            for slot in self._slots:
+                if slot.buffer.numel() >= nbytes and self._free(slot):
+                    if best is None or slot.buffer.numel() < best.buffer.numel():
+                        best = slot
+            if best is not None:
+                best.copy_done = None
+                # Made under the lock: until this view exists the buffer looks free to other callers.
+                return best.buffer[:nbytes]
+            buffer = self._allocate(nbytes)
+            if len(self._slots) < self.max_buffers:
+                self._slots.append(_Slot(buffer))
+            else:
+                # Replace a free slot that was too small, so the pool adapts to larger batches.
+                for i, slot in enumerate(self._slots):
+                    if self._free(slot):
+                        self._slots[i] = _Slot(buffer)
+                        break
+            return buffer[:nbytes]
 
     def note_copy(self, buffer: torch.Tensor, device: torch.device) -> None:
         """Record that an (possibly asynchronous) copy out of ``buffer`` was queued on ``device``."""
         if device.type != "cuda":
             return
-        for slot in self._slots:
-            if slot.buffer.data_ptr() == buffer.data_ptr():
-                event = torch.cuda.Event()
-                event.record(torch.cuda.current_stream(device))
-                slot.copy_done = event
-                return
+        with self._lock:
+            for slot in self._slots:
+                if slot.buffer.data_ptr() == buffer.data_ptr():
+                    event = torch.cuda.Event()
+                    event.record(torch.cuda.current_stream(device))
+                    slot.copy_done = event
+                    return
