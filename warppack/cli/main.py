@@ -47,36 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"warppack {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    stats = commands.add_parser(
-        "stats",
-        help="what packing does for a data set: bins, efficiency, padding avoided, a budget",
-        description=_plain(_stats.__doc__),
-        epilog=_epilog(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _stats.add_arguments(stats)
-    stats.set_defaults(handler=_stats.run)
-
-    calibrate = commands.add_parser(
-        "calibrate",
-        help="measure the largest token budget that trains on this GPU",
-        description=_plain(_cli_calibrate.__doc__),
-        epilog=_epilog(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _cli_calibrate.add_arguments(calibrate)
-    calibrate.set_defaults(handler=_cli_calibrate.run)
-
-    demo = commands.add_parser(
-        "demo",
-        help="train a small LM on the stdlib's sources, packed vs padded",
-        description=_plain(_demo.__doc__),
-        epilog=_epilog(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _demo.add_arguments(demo)
-    demo.set_defaults(handler=_demo.run)
-
+    for name, module, summary in (
+        ("stats", _stats, "what packing does for a data set: bins, efficiency, padding avoided, a budget"),
+        ("calibrate", _cli_calibrate, "measure the largest token budget that trains on this GPU"),
+        ("demo", _demo, "train a small LM on the stdlib's sources, packed vs padded"),
+    ):
+        command = commands.add_parser(name, help=summary, description=_plain(module.__doc__), epilog=_epilog(),
+                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(command)
+        command.set_defaults(handler=module.run)
     return parser
 
 
