@@ -43,6 +43,13 @@ def _bad_ids():
     )
 
 
+def _negative_integers(value) -> bool:
+    """A 1-D integer list or array with a negative entry: legal labels (ignore indices), illegal ids."""
+    if isinstance(value, list):
+        return bool(value) and all(type(v) is int for v in value) and min(value) < 0
+    return isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype.kind == "i" and bool((value < 0).any())
+
+
 @st.composite
 def bad_batches(draw):
     """A list of examples with one malformed example (or field), anywhere in it."""
@@ -58,8 +65,7 @@ def bad_batches(draw):
     elif fault == "labels":
         ids = draw(_GOOD)
         # Negative labels are fine (-100 is the ignore index); missing ones (None) too.
-        labels = _bad_ids().filter(lambda v: v is not None and not (isinstance(v, list) and v and isinstance(v[0], int)
-                                                                   and v[0] < 0))
+        labels = _bad_ids().filter(lambda v: v is not None and not _negative_integers(v))
         bad = {"input_ids": ids, "labels": draw(st.one_of(labels, st.just(ids + [1])))}
     else:
         ids = draw(_GOOD)
