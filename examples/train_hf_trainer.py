@@ -1,13 +1,15 @@
-"""Train and evaluate with the Hugging Face Trainer on packed batches: three lines added.
+"""Train and evaluate with the Hugging Face Trainer on packed batches: one line added.
 
     python examples/train_hf_trainer.py --tiny           # CPU, a few seconds (what CI runs)
     python examples/train_hf_trainer.py                  # a small Llama-config LM, GPU when there is one
     python examples/train_hf_trainer.py --model DIR      # fine-tune a saved causal LM with its tokenizer
 
-The three warppack lines are marked below: the collator, the callback, and ``pack_trainer``, which
-gives the Trainer token-budget batches (an exact ``len(train_dataloader)``, so ``max_steps``,
-schedules and epochs are right). Without ``--max-tokens`` the callback calibrates the budget on the
-GPU; on a CPU it falls back to the tokens of the padded batches you would otherwise train on.
+The warppack line is marked below: ``pack_trainer`` gives the Trainer a ``PackedCollator``,
+token-budget batches (an exact ``len(train_dataloader)``, so ``max_steps``, schedules and epochs
+are right) and ``attn_implementation="warppack"``, and logs what it changed. ``--max-tokens`` goes
+in as a ``warppack.PackingConfig``; without it the budget is calibrated on the GPU, and on a CPU it
+stands in for the padded batches you would otherwise train on (per_device_train_batch_size x the
+99% quantile of the lengths).
 
 The data is the Python standard library's own source, one example per top-level definition, as
 bytes (vocabulary 256) unless --model brings a tokenizer: nothing is downloaded.
@@ -75,7 +77,7 @@ def main(argv=None) -> int:
             num_train_epochs=args.epochs,
             max_steps=args.max_steps,
             learning_rate=3e-4,
-            per_device_train_batch_size=8,  # only used as the CPU fallback budget: 8 x the longest example
+            per_device_train_batch_size=8,  # without --max-tokens on a CPU, the budget is 8 x a long length
             logging_steps=1 if args.tiny else 10,
             save_strategy="no" if args.tiny else "epoch",
             report_to="none",
@@ -83,16 +85,9 @@ def main(argv=None) -> int:
             disable_tqdm=True,
             seed=0,
         )
-        pad_id = getattr(tokenizer, "pad_token_id", None) or 0
-        trainer = Trainer(
-            model=model,
-            args=training_args,
-            train_dataset=train,
-            eval_dataset=evaluation,
-            data_collator=warppack.PackedCollator(args.max_tokens, pad_token_id=pad_id),  # warppack 1/3
-            callbacks=[warppack.WarpPackCallback(max_tokens=args.max_tokens)],            # warppack 2/3
-        )
-        warppack.pack_trainer(trainer)                                                    # warppack 3/3
+        trainer = Trainer(model=model, args=training_args, train_dataset=train, eval_dataset=evaluation,
+                          processing_class=tokenizer)
+        warppack.pack_trainer(trainer, packing=warppack.PackingConfig(max_tokens=args.max_tokens))  # warppack
 
         print(f"{len(train):,} training examples in {len(trainer.get_train_dataloader())} packed batches per epoch")
         result = trainer.train()

@@ -20,6 +20,7 @@ from warppack.attention.hf import register_attention
 from warppack.batch.collator import PackedCollator
 from warppack.batch.packed import PackedBatch, unpack
 from warppack.distributed import equal_steps, global_num_label_tokens
+from warppack.engine.config import PackingConfig
 from warppack.engine.lengths import lengths_of
 from warppack.engine.plan import Plan, plan
 from warppack.hf_trainer.lazy import __getattr__  # noqa: F401  (WarpPackCallback, pack_trainer: PEP 562)
@@ -45,6 +46,7 @@ __all__ = [
     "PackedBatchSampler",
     "PackedCollator",
     "PackedIterableDataset",
+    "PackingConfig",
     "Plan",
     "SequenceScore",
     "WarpPackCallback",

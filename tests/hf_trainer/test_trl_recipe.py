@@ -1,15 +1,14 @@
 """The TRL ``SFTTrainer`` recipe of docs/quickstart.md, run as written on a tiny CPU model.
 
-The docs promise: TRL tokenizes the text, warppack batches it (``PackedCollator`` +
-``WarpPackCallback`` + ``pack_trainer``), every batch is one packed row with ``cu_seqlens`` and no
-padding, and ``len(train_dataloader)`` is exact, so the Trainer runs exactly that many steps.
-The recipe block itself is checked against the docs, so the two cannot drift apart.
+The docs promise: TRL tokenizes the text, ``warppack.pack_trainer(trainer)`` alone makes it train
+on packed batches (one packed row with ``cu_seqlens`` and no padding per step), the budget follows
+``SFTConfig.max_length``, and ``len(train_dataloader)`` is exact, so the Trainer runs exactly that
+many steps. The recipe's lines are checked against the docs (``recipes.RECIPE_LINES``).
 """
 
 from __future__ import annotations
 
 import math
-import re
 
 import numpy as np
 import pytest
@@ -23,22 +22,19 @@ import torch  # noqa: E402
 
 import warppack  # noqa: E402
 
-from support.paths import REPO  # noqa: E402
+from hf_trainer.recipes import (  # noqa: E402
+    RECIPE_LINES,
+    WORDS,
+    docs_block,
+    tiny_llama,
+    trl_recipe,
+    word_tokenizer,
+)
 
-QUICKSTART = REPO / "docs" / "quickstart.md"
 MAX_TOKENS = 256
-WORDS = [f"w{i}" for i in range(60)]
-
-
-def _tokenizer():
-    """A word-level tokenizer built on the spot (nothing downloaded), with the eos and pad TRL needs."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {token: i for i, token in enumerate(["<pad>", "<unk>", "</s>", *WORDS])}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=core, eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+# Short and quiet on a CPU; one sequence per padded batch, so the CPU budget is 1 x max_length.
+CPU_RUN = dict(num_train_epochs=1, use_cpu=True, bf16=False, learning_rate=1e-2, logging_steps=1, save_strategy="no",
+               report_to="none", disable_tqdm=True, seed=0, per_device_train_batch_size=1)
 
 
 def _dataset():
@@ -50,53 +46,22 @@ def _dataset():
     return Dataset.from_dict({"text": texts})
 
 
-def _model(vocab_size: int):
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=MAX_TOKENS)
-    torch.manual_seed(0)
-    # from_pretrained(name, attn_implementation="warppack") in the docs; from_config for a random init.
-    return AutoModelForCausalLM.from_config(config, attn_implementation="warppack")
-
-
-def test_the_docs_show_this_recipe():
-    """The calls this test makes are the ones the TRL section of the quickstart shows."""
-    text = QUICKSTART.read_text(encoding="utf-8")
-    section = text[text.index("## TRL's `SFTTrainer`"):]
-    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    for line in (
-        'SFTConfig(output_dir="out", packing=False, padding_free=False, max_length=max_tokens)',
-        "data_collator=warppack.PackedCollator(max_tokens, pad_token_id=tokenizer.pad_token_id)",
-        "callbacks=[warppack.WarpPackCallback(max_tokens=max_tokens)]",
-        "warppack.pack_trainer(trainer)",
-        "trainer.train()",
-    ):
-        assert line in block, f"docs/quickstart.md's TRL recipe no longer has {line!r}; update this test too"
+@pytest.mark.parametrize("heading", sorted(RECIPE_LINES))
+def test_the_docs_show_this_recipe(heading):
+    """The calls the recipes make are the ones the quickstart shows."""
+    block = docs_block(heading)
+    for line in RECIPE_LINES[heading]:
+        assert line in block, f"docs/quickstart.md's {heading!r} recipe no longer has {line!r}; update recipes.py too"
+    assert "PackedCollator(" not in block and "WarpPackCallback(" not in block, "pack_trainer alone is the recipe"
 
 
 def _recipe(model, tokenizer, dataset, output_dir):
-    """The recipe as docs/quickstart.md shows it; the extra SFTConfig fields keep the test short on a CPU."""
-    from trl import SFTConfig, SFTTrainer
-
-    max_tokens = MAX_TOKENS
-    trainer = SFTTrainer(
-        model=model,
-        args=SFTConfig(output_dir=str(output_dir), packing=False, padding_free=False, max_length=max_tokens,
-                       num_train_epochs=1, use_cpu=True, bf16=False, learning_rate=1e-2, logging_steps=1,
-                       save_strategy="no", report_to="none", disable_tqdm=True, seed=0),
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        data_collator=warppack.PackedCollator(max_tokens, pad_token_id=tokenizer.pad_token_id),
-        callbacks=[warppack.WarpPackCallback(max_tokens=max_tokens)],
-    )
-    warppack.pack_trainer(trainer)
-    return trainer
+    return trl_recipe(model, tokenizer, dataset, output_dir, max_length=MAX_TOKENS, **CPU_RUN)
 
 
 def test_sft_trainer_recipe_trains_on_packed_batches(tmp_path):
-    tokenizer = _tokenizer()
-    model = _model(len(tokenizer))
+    tokenizer = word_tokenizer()
+    model = tiny_llama(len(tokenizer), MAX_TOKENS)
     max_tokens = MAX_TOKENS
     seen = []  # what the model's forward received on every training step
 
@@ -141,12 +106,12 @@ def test_completion_only_labels_survive_packing(tmp_path):
     """Prompt-completion data: TRL's labels are -100 over the prompt, and the packed batch keeps that."""
     from datasets import Dataset
 
-    tokenizer = _tokenizer()
+    tokenizer = word_tokenizer()
     rng = np.random.default_rng(1)
     rows = [(" ".join(rng.choice(WORDS, int(p))), " ".join(rng.choice(WORDS, int(c))))
             for p, c in rng.integers(3, 20, (8, 2))]
     dataset = Dataset.from_dict({"prompt": [p for p, _ in rows], "completion": [c for _, c in rows]})
-    trainer = _recipe(_model(len(tokenizer)), tokenizer, dataset, tmp_path)
+    trainer = _recipe(tiny_llama(len(tokenizer), MAX_TOKENS), tokenizer, dataset, tmp_path)
 
     prepared = trainer.train_dataset
     assert "labels" in prepared.column_names, "TRL no longer builds labels: the quickstart must say how to"

@@ -1,18 +1,18 @@
 """HF Trainer integration: ``WarpPackCallback`` (this module) and ``pack_trainer`` (:mod:`warppack.hf_trainer.trainer`).
 
-Three lines turn an existing ``Trainer`` into a packed one::
+One call turns an existing ``Trainer`` into a packed one; it adds this callback when the trainer
+has none::
 
-    trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=val,
-                      data_collator=warppack.PackedCollator(),        # 1. the collator
-                      callbacks=[warppack.WarpPackCallback()])        # 2. the callback
-    warppack.pack_trainer(trainer)                                    # 3. the one call
+    trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=val)
+    warppack.pack_trainer(trainer)      # or pack_trainer(trainer, packing=warppack.PackingConfig(...))
 
 ``pack_trainer`` makes the train and eval loaders ``PackedBatchSampler`` loaders under the token
 budget (so ``len(train_dataloader)`` is exact and ``max_steps``, schedules and epochs are right),
-picks the budget (the callback's, the collator's, the checkpoint's, or calibrated on the GPU),
-and, with ``WarpPackCallback(oom_guard=True)``, runs each training step through an
+picks the budget (the ``PackingConfig``'s, the checkpoint's, calibrated on the GPU, or from the
+lengths), and, with ``WarpPackCallback(oom_guard=True)``, runs each training step through an
 :class:`~warppack.OOMGuard`. The callback runs ``check_model`` at train start, sets the sampler's
-epoch, and puts packing statistics into the Trainer's logs; its state goes into checkpoints.
+epoch, and puts packing statistics (and what the budget truncates) into the Trainer's logs; its
+state goes into checkpoints.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import logging
 import math
 import os
 import time
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 try:
     from transformers import TrainerCallback
@@ -38,13 +38,17 @@ except ImportError as error:  # warppack itself works without transformers; only
 else:
     _MISSING = None
 
+from warppack.engine.config import OverlongCounts, PackingConfig, merge_packing
 from warppack.engine.lengths import lengths_of
+from warppack.hf_trainer.budget import calibrated_budget, fallback_budget, sequence_length
 from warppack.loaders.sampler.sampler import PackedBatchSampler
 from warppack.model.check import check_model
 
-__all__ = ["WarpPackCallback"]
+__all__ = ["TRAINER_OVERLONG", "WarpPackCallback"]
 logger = logging.getLogger("warppack")
 PACKING_AWARE = ("warppack", "flash_attention_2", "flash_attention_3", "kernels-community/flash-attn")
+#: What a packed Trainer does to an example longer than the budget when no policy is configured (as TRL).
+TRAINER_OVERLONG = "truncate"
 
 
 def require_transformers(what: str) -> None:
@@ -83,27 +87,41 @@ class _Stats:
         return logs
 
 
-class WarpPackCallback(TrainerCallback, ExportableState):
-    """Token-budget packing for HF ``Trainer`` (use with :func:`pack_trainer`).
+def _packing_of(packing: Union[PackingConfig, Mapping[str, Any], None]) -> Optional[PackingConfig]:
+    # A checkpoint stores the config's fields as a dict; the Trainer rebuilds the callback from it.
+    return PackingConfig(**packing) if isinstance(packing, Mapping) else packing
 
-    ``max_tokens``: the budget; None takes the collator's ``max_tokens``, then a resumed checkpoint's,
-    then calibrates it on the GPU (``calibrate=True``, or a dict of ``calibrate_token_budget``
-    keywords such as ``{"headroom": 0.1}``). Without CUDA nothing is calibrated: the budget becomes
-    ``per_device_train_batch_size * max_seq_len`` (the tokens of your padded batches), logged as such.
-    ``max_seq_len``: the longest sequence to calibrate for (default: the longest in the train set).
-    ``check``: run ``warppack.check_model`` once at train start. ``oom_guard``: split batches on CUDA
-    out-of-memory instead of crashing. ``log_stats``: packing efficiency, padding fraction, sequences
-    per batch and real tokens/s (this process) in every training log.
+
+class WarpPackCallback(TrainerCallback, ExportableState):
+    """Token-budget packing for HF ``Trainer`` (use with :func:`pack_trainer`, which adds one if needed).
+
+    ``packing``: a :class:`~warppack.PackingConfig` (budget, overlong policy, strategy, padding);
+    ``max_tokens`` is its budget, as a shortcut. Without a budget it is a resumed checkpoint's, else
+    calibrated on the GPU (``calibrate=True``, or a dict of ``calibrate_token_budget`` keywords such as
+    ``{"headroom": 0.1}``). Without CUDA nothing is calibrated: the budget becomes
+    ``per_device_train_batch_size × max_seq_len``, or, with no ``max_seq_len``, × the 99% quantile of
+    the training lengths (never the single longest), rounded up to a multiple of 64, with a warning
+    that says so. With no ``overlong`` policy, examples longer than the budget are truncated, as TRL
+    does; a warning each epoch and the training logs (``truncated_examples``, ``truncated_tokens``,
+    ``truncated_token_fraction``) count them.
+    ``max_seq_len``: the longest sequence to calibrate for (default: TRL's ``SFTConfig.max_length``,
+    else the longest in the train set). ``check``: run ``warppack.check_model`` once at train start.
+    ``oom_guard``: split batches on CUDA out-of-memory instead of crashing. ``log_stats``: packing
+    efficiency, padding fraction, sequences per batch and real tokens/s (this process) in every
+    training log.
     """
 
-    def __init__(self, max_tokens: Optional[int] = None, *, max_seq_len: Optional[int] = None,
+    def __init__(self, max_tokens: Optional[int] = None, *,
+                 packing: Union[PackingConfig, Mapping[str, Any], None] = None, max_seq_len: Optional[int] = None,
                  calibrate: Union[bool, Mapping[str, Any]] = True, check: bool = True, oom_guard: bool = False,
                  log_stats: bool = True) -> None:
         require_transformers("warppack.WarpPackCallback")
-        self.max_tokens = max_tokens
+        self.packing = merge_packing(_packing_of(packing), {"max_tokens": max_tokens}, owner="WarpPackCallback")
+        self.max_tokens = self.packing.max_tokens  # the budget in use, once decided
         self.max_seq_len, self.calibrate, self.check = max_seq_len, calibrate, check
         self.oom_guard, self.log_stats = oom_guard, log_stats
-        self.budget_source = "given" if max_tokens is not None else None
+        self.budget_source = "WarpPackCallback's packing" if self.max_tokens is not None else None
+        self.overlong_metrics: Dict[str, float] = {}  # what the budget truncates, for the training logs
         self.guard_state: Optional[dict] = None
         self.checked = False
         self._guard: Optional[Any] = None  # an OOMGuard, built on the first guarded step
@@ -115,9 +133,10 @@ class WarpPackCallback(TrainerCallback, ExportableState):
     def state(self) -> dict:
         calibrate = self.calibrate if isinstance(self.calibrate, bool) else {
             k: v for k, v in self.calibrate.items() if isinstance(v, (bool, int, float, str, type(None)))}
-        return {"args": {"max_seq_len": self.max_seq_len, "calibrate": calibrate, "check": self.check,
-                         "oom_guard": self.oom_guard, "log_stats": self.log_stats},
+        return {"args": {"packing": self.packing.given(), "max_seq_len": self.max_seq_len, "calibrate": calibrate,
+                         "check": self.check, "oom_guard": self.oom_guard, "log_stats": self.log_stats},
                 "attributes": {"max_tokens": self.max_tokens, "budget_source": self.budget_source,
+                               "overlong_metrics": self.overlong_metrics,
                                "guard_state": self._guard.state_dict() if self._guard else self.guard_state}}
 
     # -- events -------------------------------------------------------------------------------------
@@ -142,7 +161,17 @@ class WarpPackCallback(TrainerCallback, ExportableState):
             logger.info("warppack: check_model passed (%s)", report)
         self.checked = True
 
-    # -- used by the packed Trainer -----------------------------------------------------------------
+    # -- used by pack_trainer and the packed Trainer ------------------------------------------------
+    def adopt(self, packing: PackingConfig, source: Optional[str]) -> None:
+        """Take the trainer's ``packing`` (merged by ``pack_trainer``); ``source`` says where its budget came from."""
+        self.packing = packing
+        if packing.max_tokens is not None:
+            self.max_tokens, self.budget_source = packing.max_tokens, source
+
+    def trainer_packing(self) -> PackingConfig:
+        """The config the loaders and the collator use: the decided budget, and truncation unless told otherwise."""
+        return self.packing.replace(max_tokens=self.max_tokens, overlong=self.packing.overlong or TRAINER_OVERLONG)
+
     def lengths(self, dataset) -> Any:
         key = id(dataset)
         if key not in self._lengths:
@@ -150,56 +179,36 @@ class WarpPackCallback(TrainerCallback, ExportableState):
         return self._lengths[key][1]
 
     def resolve_budget(self, trainer, dataset) -> int:
-        """The token budget, deciding it (collator, checkpoint, calibration) the first time."""
+        """The token budget, deciding it (checkpoint, calibration, lengths) the first time."""
         if self.max_tokens is not None:
             return self.max_tokens
-        collator = trainer.data_collator
-        if getattr(collator, "max_tokens", None):
-            self.max_tokens, self.budget_source = collator.max_tokens, "the collator's max_tokens"
-        elif self._resume_budget is not None:
+        if self._resume_budget is not None:
             self.max_tokens, self.budget_source = self._resume_budget, "the resumed checkpoint"
         elif not self.calibrate:
-            raise ValueError("WarpPackCallback has no token budget: pass max_tokens=..., set it on the "
-                             "PackedCollator, or leave calibrate=True")
+            raise ValueError("WarpPackCallback has no token budget: pass packing=warppack.PackingConfig(max_tokens="
+                             "...) to pack_trainer, or leave calibrate=True")
         else:
-            self.max_tokens = self._calibrate(trainer, dataset)
+            self.max_tokens, self.budget_source = self._measure(trainer, dataset)
+        logger.warning("warppack: token budget %d tokens per batch (%s)", self.max_tokens, self.budget_source)
         return self.max_tokens
 
-    def _calibrate(self, trainer, dataset) -> int:
-        from warppack.memory.calibrate import calibrate_token_budget, default_loss
+    def _measure(self, trainer: Any, dataset: Any) -> Tuple[int, str]:
         from warppack.memory.device import no_cuda_reason
 
-        args, model = trainer.args, trainer.model
-        max_seq_len = self.max_seq_len or int(max(self.lengths(dataset)))
-        kwargs = dict(self.calibrate) if isinstance(self.calibrate, Mapping) else {}
-        device = next(model.parameters()).device
-        if "memory" not in kwargs and device.type != "cuda":
-            multiple = getattr(trainer.data_collator, "pad_to_multiple_of", None) or 1
-            budget = -(-args.per_device_train_batch_size * max_seq_len // multiple) * multiple
-            self.budget_source = (f"not calibrated: {no_cuda_reason(device)}; per_device_train_batch_size x "
-                                  f"max_seq_len = {args.per_device_train_batch_size} x {max_seq_len}")
-            logger.warning("warppack: token budget %d (%s). Pass WarpPackCallback(max_tokens=...) to choose it",
-                           budget, self.budget_source)
-            return budget
-        optimizer = trainer.optimizer
-        if optimizer is None:  # the Trainer builds its own later: measure a twin of it, then drop it
-            cls, opt_kwargs = trainer.get_optimizer_cls_and_kwargs(args, model)
-            optimizer = cls([p for p in model.parameters() if p.requires_grad], **opt_kwargs)
-        # DDP allocates gradient buckets when it wraps the model, after this point: keep room for them.
-        reserve = 0 if args.world_size == 1 else sum(
-            p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+        lengths = self.lengths(dataset)
+        configured = sequence_length(trainer.args, self.max_seq_len)
+        options = dict(self.calibrate) if isinstance(self.calibrate, Mapping) else {}
+        device = next(trainer.model.parameters()).device
+        if "memory" not in options and device.type != "cuda":
+            budget, how = fallback_budget(lengths, trainer.args.per_device_train_batch_size, configured=configured,
+                                          multiple=self.packing.pad_to_multiple_of)
+            return budget, (f"not calibrated: {no_cuda_reason(device)}; {how}. Choose it with "
+                            f"pack_trainer(trainer, packing=warppack.PackingConfig(max_tokens=...))")
+        return calibrated_budget(trainer, lengths, configured=configured, options=options)
 
-        def loss_fn(model, batch):  # the Trainer's autocast / mixed precision, as its steps will run
-            with trainer.compute_loss_context_manager(), trainer.accelerator.autocast():
-                return default_loss(model, batch)
-
-        kwargs = {"reserve_bytes": reserve, "gradient_accumulation_steps": args.gradient_accumulation_steps,
-                  **kwargs}
-        budget = calibrate_token_budget(model, max_seq_len=max_seq_len, optimizer=optimizer,
-                                        accelerator=trainer.accelerator, collator=trainer.data_collator,
-                                        loss_fn=loss_fn, **kwargs)
-        self.budget_source = f"calibrated for max_seq_len={max_seq_len}"
-        return budget
+    def note_overlong(self, counts: Optional[OverlongCounts]) -> None:
+        """Remember what the training sampler truncates, for the training logs."""
+        self.overlong_metrics = counts.metrics() if counts is not None else {}
 
     def guard(self, trainer, model):
         if self._guard is None:

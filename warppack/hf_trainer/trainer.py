@@ -2,64 +2,106 @@
 
 It puts :class:`_PackedTrainer` before the trainer's own class: packed train/eval/test loaders
 (``PackedBatchSampler`` under the token budget the :class:`~warppack.WarpPackCallback` resolves,
-so ``len(train_dataloader)`` is exact), the OOM guard around ``training_step`` when asked for, the
+built from the same :class:`~warppack.PackingConfig` as the collator, so ``len(train_dataloader)``
+is exact and the two cannot disagree), the OOM guard around ``training_step`` when asked for, the
 split micro-batch's loss weight, and the packing statistics merged into training logs. The
-callback (:mod:`warppack.hf_trainer.callback`) owns the budget, the checks and the statistics; this module
-only wires them into the Trainer's methods.
+callback (:mod:`warppack.hf_trainer.callback`) owns the budget, the checks and the statistics; this
+module only wires them into the Trainer's methods.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, List, Optional
 
 import torch
 
-from warppack.batch.collator import PackedCollator
+from warppack.engine.config import PackingConfig
+from warppack.hf_trainer.budget import LENGTH_QUANTILE, sequence_length
 from warppack.hf_trainer.callback import (
     PACKING_AWARE,
+    TRAINER_OVERLONG,
     WarpPackCallback,
     require_transformers,
 )
+from warppack.hf_trainer.wiring import collator_for, default_collator, merged_packing
 from warppack.loaders.sampler.sampler import PackedBatchSampler
 
 __all__ = ["pack_trainer"]
 logger = logging.getLogger("warppack")
 
 
-def pack_trainer(trainer, callback: Optional[WarpPackCallback] = None, *, set_attention: bool = True):
+def pack_trainer(trainer, callback: Optional[WarpPackCallback] = None, *, packing: Optional[PackingConfig] = None,
+                 set_attention: bool = True) -> WarpPackCallback:
     """Make ``trainer`` train and evaluate on token-budget packed batches; returns its WarpPackCallback.
 
-    Uses the ``WarpPackCallback`` already added to the trainer (else ``callback``, else a default one),
-    a ``PackedCollator`` as ``data_collator`` (the Trainer's default collator is replaced by one), and
-    switches the model to ``attn_implementation="warppack"`` unless it already reads packed batches.
+    ``packing``: a :class:`~warppack.PackingConfig` (budget, overlong policy, strategy, padding). It
+    is merged with the ``WarpPackCallback`` already added to the trainer (else ``callback``, else a
+    new one) and the ``PackedCollator`` given as ``data_collator``; a value set in two of them must
+    be the same. The Trainer's (or TRL's) default collator is replaced by a ``PackedCollator``, and
+    the model is switched to ``attn_implementation="warppack"`` unless it already reads packed
+    batches. Without a budget it is decided when the first loader is built: a resumed checkpoint's,
+    calibrated on the GPU, or from the lengths (see :class:`~warppack.WarpPackCallback`). Without an
+    ``overlong`` policy, examples longer than the budget are truncated, as TRL does. Everything it
+    changes is logged once, at WARNING.
     """
 
     require_transformers("warppack.pack_trainer")
 
+    already = isinstance(trainer, _PackedTrainer)
     found = [c for c in trainer.callback_handler.callbacks if isinstance(c, WarpPackCallback)]
     callback = found[0] if found else callback or WarpPackCallback()
+    replaced = default_collator(trainer)
+    collator = replaced[0] if replaced is not None else trainer.data_collator
+    config, origin = merged_packing(packing, callback.packing, collator)
+    if config.overlong == "split":
+        raise ValueError("pack_trainer: overlong='split' cannot be used by the Trainer's batch sampler (it yields "
+                         "dataset indices, not token ranges); use overlong='truncate' or 'error', or split long "
+                         "examples into several rows before training")
+    # Everything is checked: from here on the trainer changes, and each change is reported.
+    changes: List[str] = []
     if not found:
         trainer.add_callback(callback)
-    collator = trainer.data_collator
-    if not isinstance(collator, PackedCollator):
-        from transformers import DataCollatorWithPadding, default_data_collator
-
-        if collator is not default_data_collator and not isinstance(collator, DataCollatorWithPadding):
-            raise TypeError(f"pack_trainer needs a warppack.PackedCollator as data_collator, got "
-                            f"{type(collator).__name__}; pass Trainer(..., data_collator=warppack.PackedCollator())")
-        tokenizer = getattr(trainer, "processing_class", None)
-        pad = getattr(tokenizer, "pad_token_id", None)
-        trainer.data_collator = PackedCollator(pad_token_id=pad if isinstance(pad, int) and pad >= 0 else 0)
-    config = getattr(trainer.model, "config", None)
-    impl = getattr(config, "_attn_implementation", None)
-    if set_attention and config is not None and impl not in PACKING_AWARE:
+        changes.append("callbacks: + WarpPackCallback (budget, check_model at train start, packing metrics in the "
+                       "logs, state in checkpoints)")
+    if replaced is not None:
+        trainer.data_collator = collator
+        changes.append(replaced[1])
+    callback.adopt(config, origin)
+    model_config = getattr(trainer.model, "config", None)
+    impl = getattr(model_config, "_attn_implementation", None)
+    if set_attention and model_config is not None and impl not in PACKING_AWARE:
         trainer.model.set_attn_implementation("warppack")
-        logger.info("warppack: attn_implementation %r -> 'warppack' (packed sequences must not see each other)",
-                    impl)
-    trainer.__class__ = _packed_class(type(trainer))
+        changes.append(f"attn_implementation: {impl!r} -> 'warppack' (packed sequences must not see each other)")
+    cls = type(trainer)
+    trainer.__class__ = _packed_class(cls)
+    if not already:
+        changes.append(f"class: {cls.__name__} -> {trainer.__class__.__name__} (train/eval/test loaders: "
+                       f"PackedBatchSampler under the token budget, exact len(train_dataloader))")
+    changes += _plan_lines(trainer, callback, config)
+    (logger.info if already else logger.warning)("warppack.pack_trainer changed the trainer:\n  - %s",
+                                                 "\n  - ".join(changes))
     return callback
+
+
+def _plan_lines(trainer, callback: WarpPackCallback, config: PackingConfig) -> List[str]:
+    """The budget and the overlong policy, as pack_trainer reports them."""
+    if callback.max_tokens is not None:
+        lines = [f"token budget: {callback.max_tokens:,} tokens per batch ({callback.budget_source})"]
+    else:
+        configured = sequence_length(trainer.args, callback.max_seq_len)
+        length = f"{configured[1]} = {configured[0]:,}" if configured else \
+            f"the {LENGTH_QUANTILE:.0%} quantile of the training lengths"
+        lines = [f"token budget: decided when the first loader is built: a resumed checkpoint's, else calibrated on "
+                 f"the GPU, else per_device_train_batch_size x {length}"]
+    if config.overlong is None:
+        lines.append(f"examples longer than the budget: {TRAINER_OVERLONG}d, as TRL does (no overlong policy set: "
+                     f"packing=warppack.PackingConfig(overlong='error') refuses them); a warning each epoch and the "
+                     f"training logs count them")
+    else:
+        lines.append(f"examples longer than the budget: overlong={config.overlong!r}")
+    return lines
 
 
 if TYPE_CHECKING:  # the methods below override a Trainer's, whichever Trainer class they are mixed into
@@ -123,7 +165,10 @@ class _PackedTrainer(_TrainerBase):
 
     def _packed_loader(self, dataset, description: str, *, train: bool):
         callback, args = self._warppack(), self.args
-        budget = callback.resolve_budget(self, self.train_dataset if self.train_dataset is not None else dataset)
+        callback.resolve_budget(self, self.train_dataset if self.train_dataset is not None else dataset)
+        packing = callback.trainer_packing()
+        # The collator takes the decided budget and policy: it truncates exactly what the sampler does.
+        self.data_collator = collator_for(self.data_collator, packing)
         lengths = callback.lengths(dataset)
         callback.ensure_checked(self.model)
         collate = self.data_collator
@@ -133,8 +178,10 @@ class _PackedTrainer(_TrainerBase):
             collate = self._get_collator_with_removed_columns(collate, description=description)
         # interleaved: the batches of all ranks, step by step; accelerate deals them out, one per rank.
         sampler = PackedBatchSampler(
-            lengths, budget, shuffle=train, seed=args.seed if args.data_seed is None else args.data_seed,
+            lengths, packing=packing, shuffle=train, seed=args.seed if args.data_seed is None else args.data_seed,
             drop_last=train and args.dataloader_drop_last, interleaved=True)
+        if train:
+            callback.note_overlong(sampler.overlong_counts)
         workers = args.dataloader_num_workers
         loader = torch.utils.data.DataLoader(
             dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
@@ -173,6 +220,8 @@ class _PackedTrainer(_TrainerBase):
 
     def log(self, logs, *args, **kwargs):
         callback = self._warppack()
-        if callback.log_stats and "loss" in logs:  # training logs only, before reporters see them
-            logs.update(callback.stats.pop(callback.max_tokens))
+        if "loss" in logs:  # training logs only, before reporters see them
+            if callback.log_stats:
+                logs.update(callback.stats.pop(callback.max_tokens))
+            logs.update(callback.overlong_metrics)
         return super().log(logs, *args, **kwargs)

@@ -9,6 +9,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from warppack.distributed import resolve_replicas
+from warppack.engine.config import OverlongCounts, PackingConfig, count_overlong, merge_packing
 from warppack.engine.options import (
     check_flag,
     check_int32_count,
@@ -44,13 +45,15 @@ class SamplerConfig:
     max_seqs_per_bin: Optional[int]
     overlong: str
     interleaved: bool
+    packing: PackingConfig  # the options above that the collator shares, with the sampler's policy
 
     @classmethod
     def build(
         cls,
         lengths: Any,
-        max_tokens: int,
+        max_tokens: Optional[int],
         *,
+        packing: Optional[PackingConfig],
         shuffle: bool,
         seed: int,
         drop_last: bool,
@@ -61,9 +64,25 @@ class SamplerConfig:
         overlong: str,
         interleaved: bool,
     ) -> "SamplerConfig":
-        """Validate the constructor arguments of PackedBatchSampler; errors name the setting to change."""
-        budget = check_int32_count(max_tokens)
+        """Validate the constructor arguments of PackedBatchSampler; errors name the setting to change.
+
+        Options left at their defaults take ``packing``'s values; one given in both must agree.
+        """
+        if max_tokens is not None:
+            check_int32_count(max_tokens)
         check_strategy(strategy)
+        check_overlong(overlong, allowed=("error", "truncate", "split"))
+        if max_seqs_per_bin is not None:
+            max_seqs_per_bin = check_max_seqs_per_bin(max_seqs_per_bin)
+        merged = merge_packing(
+            packing, {"max_tokens": max_tokens, "strategy": None if strategy == "bfd" else strategy,
+                      "overlong": None if overlong == "error" else overlong, "max_sequences": max_seqs_per_bin},
+            owner="PackedBatchSampler", names={"max_sequences": "max_seqs_per_bin"})
+        if merged.max_tokens is None:
+            raise TypeError("PackedBatchSampler needs a token budget: pass max_tokens=... or "
+                            "packing=warppack.PackingConfig(max_tokens=...)")
+        budget, strategy, max_seqs_per_bin = merged.max_tokens, merged.strategy, merged.max_sequences
+        overlong = merged.overlong or "error"
         if overlong == "split":
             raise ValueError(
                 "overlong='split' cannot be expressed by a batch sampler: it yields dataset indices, and a "
@@ -71,9 +90,6 @@ class SamplerConfig:
                 "max_tokens, overlong='truncate')), filter long examples, or stream with "
                 "warppack.PackedIterableDataset(..., overlong='split')"
             )
-        check_overlong(overlong, allowed=("error", "truncate"))
-        if max_seqs_per_bin is not None:
-            max_seqs_per_bin = check_max_seqs_per_bin(max_seqs_per_bin)
         seed = check_seed(seed)
         shuffle, drop_last = check_flag(shuffle, name="shuffle"), check_flag(drop_last, name="drop_last")
         interleaved = check_flag(interleaved, name="interleaved")
@@ -91,8 +107,13 @@ class SamplerConfig:
         return cls(
             lengths=array, max_tokens=budget, shuffle=shuffle, seed=seed, drop_last=drop_last, strategy=strategy,
             num_replicas=world, rank=rank_, max_seqs_per_bin=max_seqs_per_bin, overlong=overlong,
-            interleaved=interleaved,
+            interleaved=interleaved, packing=merged.replace(overlong=overlong),
         )
+
+    @cached_property
+    def overlong_counts(self) -> Optional[OverlongCounts]:
+        """The examples the budget truncates, counted once (None: none is)."""
+        return count_overlong(self.lengths, self.max_tokens, self.overlong)
 
     @cached_property
     def lengths_fingerprint(self) -> str:

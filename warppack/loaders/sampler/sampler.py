@@ -20,12 +20,14 @@ padding token whose labels are all ignored: a zero-loss step).
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from torch.utils.data import Sampler
 
 from warppack.distributed import MAX_REPLICAS
+from warppack.engine.config import OverlongCounts, PackingConfig
 from warppack.engine.options import check_int
 from warppack.loaders.sampler.bins import Bins
 from warppack.loaders.sampler.config import CHECKED, STATE_FORMAT, SamplerConfig
@@ -59,8 +61,11 @@ class PackedBatchSampler(Sampler[List[int]]):
 
     ``drop_last=True`` drops the ``len(bins) % num_replicas`` least-filled bins instead of splitting
     bins (those examples are skipped that epoch). ``overlong="truncate"`` packs an example longer than
-    the budget as its first ``max_tokens`` tokens (pair with ``PackedCollator(max_tokens,
-    overlong="truncate")``). ``interleaved=True`` yields the batches of all ranks step by step
+    the budget as its first ``max_tokens`` tokens, with a warning per epoch that counts them (pair
+    with a collator that truncates too: ``packing=PackingConfig(max_tokens, overlong="truncate")``
+    for both). ``packing``: a :class:`~warppack.PackingConfig` giving ``max_tokens``, ``strategy``,
+    ``overlong`` and ``max_sequences`` (``max_seqs_per_bin``); arguments left at their defaults
+    take its values, and one that disagrees with it is an error. ``interleaved=True`` yields the batches of all ranks step by step
     (``len() = steps × num_replicas``) for wrappers that deal batches to ranks themselves —
     ``accelerate.Accelerator.prepare`` and HF ``Trainer`` do.
 
@@ -87,13 +92,15 @@ class PackedBatchSampler(Sampler[List[int]]):
     rank = Fixed[int]()
     max_seqs_per_bin = Fixed[Optional[int]]()
     overlong = Fixed[str]()
+    packing = Fixed[PackingConfig]()  # the options above that a collator shares, as one config
     interleaved = Fixed[bool]()
 
     def __init__(
         self,
         lengths: Any,
-        max_tokens: int,
+        max_tokens: Optional[int] = None,
         *,
+        packing: Optional[PackingConfig] = None,
         shuffle: bool = True,
         seed: int = 0,
         drop_last: bool = False,
@@ -105,7 +112,7 @@ class PackedBatchSampler(Sampler[List[int]]):
         interleaved: bool = False,
     ) -> None:
         self._config = SamplerConfig.build(
-            lengths, max_tokens, shuffle=shuffle, seed=seed, drop_last=drop_last, strategy=strategy,
+            lengths, max_tokens, packing=packing, shuffle=shuffle, seed=seed, drop_last=drop_last, strategy=strategy,
             num_replicas=num_replicas, rank=rank, max_seqs_per_bin=max_seqs_per_bin, overlong=overlong,
             interleaved=interleaved,
         )
@@ -116,6 +123,7 @@ class PackedBatchSampler(Sampler[List[int]]):
         self._live: Optional[BatchIterator] = None
         self._bins_cache: Optional[Tuple[int, Bins]] = None
         self._layout_cache: Optional[Tuple[Tuple[int, Tuple[Tuple[int, ...], ...]], Layout]] = None
+        self._warned_epoch: Optional[int] = None  # the last epoch whose truncations were reported
 
     # -- planning ----------------------------------------------------------------------------
     def _epoch_bins(self, epoch: int) -> Bins:
@@ -143,6 +151,10 @@ class PackedBatchSampler(Sampler[List[int]]):
     # -- Sampler -----------------------------------------------------------------------------
     def __iter__(self) -> BatchIterator:
         self._generation.advance("iter() was called again", new_pass=True)
+        counts = self.overlong_counts
+        if counts is not None and self._warned_epoch != self._epoch:
+            self._warned_epoch = self._epoch
+            warnings.warn(counts.message(f"PackedBatchSampler, epoch {self._epoch}"), stacklevel=2)
         iterator = BatchIterator(
             self._layout(self._epoch, self._history), epoch=self._epoch, history=self._history, start=self._start,
             generation=self._generation, num_replicas=self.num_replicas, rank=self.rank,
@@ -169,6 +181,11 @@ class PackedBatchSampler(Sampler[List[int]]):
     def sampler(self) -> "PackedBatchSampler":
         """This sampler: Accelerate forwards ``set_epoch`` to ``batch_sampler.sampler`` once it wraps it."""
         return self
+
+    @property
+    def overlong_counts(self) -> Optional[OverlongCounts]:
+        """The examples longer than ``max_tokens`` that are truncated each epoch (None: none)."""
+        return self._config.overlong_counts
 
     def set_epoch(self, epoch: int) -> None:
         """Plan epoch ``epoch`` next (deterministic from ``seed``); the same epoch again keeps a loaded resume point."""

@@ -10,6 +10,7 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 
 from warppack.distributed import resolve_replicas
+from warppack.engine.config import OverlongCounts, PackingConfig, count_overlong, merge_packing
 from warppack.engine.options import (
     check_flag,
     check_int,
@@ -48,13 +49,15 @@ class IterableConfig:
     rank: int
     num_workers: Optional[int]
     indexed: bool  # the source is read by position (resume is O(1), shuffle works), else streamed
+    packing: PackingConfig  # the options above that the collator shares, with the dataset's policy
 
     @classmethod
     def build(
         cls,
         source: Any,
-        max_tokens: int,
+        max_tokens: Optional[int],
         *,
+        packing: Optional[PackingConfig],
         buffer_size: int,
         collator: Optional[Callable[[List[Any]], Any]],
         lengths: Any,
@@ -66,12 +69,25 @@ class IterableConfig:
         rank: Optional[int],
         num_workers: Optional[int],
     ) -> "IterableConfig":
-        """Validate the constructor arguments of PackedIterableDataset; errors name the setting to change."""
-        budget = check_int32_count(max_tokens)
+        """Validate the constructor arguments of PackedIterableDataset; errors name the setting to change.
+
+        Options left at their defaults take ``packing``'s values; one given in both must agree.
+        """
+        if max_tokens is not None:
+            check_int32_count(max_tokens)
         buffer_size = check_int32_count(buffer_size, name="buffer_size")
         if max_seqs_per_bin is not None:
             max_seqs_per_bin = check_max_seqs_per_bin(max_seqs_per_bin)
         check_overlong(overlong)
+        merged = merge_packing(
+            packing, {"max_tokens": max_tokens, "overlong": None if overlong == "error" else overlong,
+                      "max_sequences": max_seqs_per_bin},
+            owner="PackedIterableDataset", names={"max_sequences": "max_seqs_per_bin"})
+        if merged.max_tokens is None:
+            raise TypeError("PackedIterableDataset needs a token budget: pass max_tokens=... or "
+                            "packing=warppack.PackingConfig(max_tokens=...)")
+        budget, max_seqs_per_bin, overlong = merged.max_tokens, merged.max_sequences, merged.overlong or "error"
+        merged = merged.replace(overlong=overlong)
         seed = check_seed(seed)
         shuffle = check_flag(shuffle, name="shuffle")
         if isinstance(source, (str, bytes)):
@@ -102,12 +118,14 @@ class IterableConfig:
                 "shuffle the stream at its source instead (e.g. HF IterableDataset.shuffle(buffer_size=...))"
             )
         if collator is None:
-            collator = _default_collator(budget)
+            collator = _default_collator(merged)
         elif not callable(collator):
             raise TypeError(
                 f"collator must be a function from a list of examples to a batch, got {collator!r} of type "
                 f"{type(collator).__name__}; pass e.g. collator=warppack.PackedCollator({budget}) or leave it None"
             )
+        else:
+            _check_collator_budget(collator, merged)
         array = None if lengths is None else as_lengths_array(lengths)
         if array is not None:
             check_positive_lengths(array)
@@ -122,8 +140,13 @@ class IterableConfig:
         return cls(
             source=source, max_tokens=budget, buffer_size=buffer_size, collator=collator, lengths=array,
             shuffle=shuffle, seed=seed, max_seqs_per_bin=max_seqs_per_bin, overlong=overlong,
-            num_replicas=world, rank=rank_, num_workers=num_workers, indexed=is_indexed,
+            num_replicas=world, rank=rank_, num_workers=num_workers, indexed=is_indexed, packing=merged,
         )
+
+    @cached_property
+    def overlong_counts(self) -> Optional[OverlongCounts]:
+        """The examples the budget truncates or splits, from ``lengths`` (None: none, or no lengths)."""
+        return None if self.lengths is None else count_overlong(self.lengths, self.max_tokens, self.overlong)
 
     @cached_property
     def lengths_fingerprint(self) -> Optional[str]:
@@ -140,7 +163,23 @@ class IterableConfig:
         }
 
 
-def _default_collator(max_tokens: int) -> Callable[[List[Any]], Any]:
+def _default_collator(packing: PackingConfig) -> Callable[[List[Any]], Any]:
     from warppack.batch.collator import PackedCollator
 
-    return PackedCollator(max_tokens)
+    # The stream hands the collator pieces that already fit: a split example arrives as its pieces.
+    return PackedCollator(packing=packing.replace(overlong=None if packing.overlong == "split" else packing.overlong))
+
+
+def _check_collator_budget(collator: Any, packing: PackingConfig) -> None:
+    """A PackedCollator with its own budget or sequence cap must agree with the dataset's."""
+    from warppack.batch.collator import PackedCollator
+
+    if not isinstance(collator, PackedCollator):
+        return
+    for field, argument in (("max_tokens", "max_tokens"), ("max_sequences", "max_seqs_per_bin")):
+        mine, theirs = getattr(packing, field), getattr(collator, field)
+        if theirs is not None and theirs != mine:
+            raise ValueError(
+                f"PackedIterableDataset packs with {argument}={mine} but its collator has {field}={theirs}; "
+                f"build both from one warppack.PackingConfig (packing=...) or leave collator=None"
+            )

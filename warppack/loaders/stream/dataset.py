@@ -26,6 +26,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
+from warppack.engine.config import OverlongCounts, PackingConfig
 from warppack.engine.options import DEFAULT_BUFFER_SIZE
 from warppack.loaders.state import Fixed, Generation, check_epoch, check_saved_options
 from warppack.loaders.stream.config import CHECKED, STATE_FORMAT, IterableConfig
@@ -51,9 +52,14 @@ class PackedIterableDataset(IterableDataset):
     batch_size=None, num_workers=...)``; each example is read by exactly one rank and worker.
 
     - ``buffer_size``: sequences the online packer may hold back to find a better fit.
-    - ``collator``: turns a list of examples into a batch (default ``PackedCollator(max_tokens)``).
+    - ``collator``: turns a list of examples into a batch (default: a ``PackedCollator`` of the same
+      ``packing``); a ``PackedCollator`` given here must have the same budget.
     - ``overlong``: ``"error"``, ``"truncate"`` or ``"split"`` (consecutive chunks ≤ budget, each its
-      own sequence).
+      own sequence). With ``lengths=``, a warning per epoch counts what is truncated or split.
+    - ``packing``: a :class:`~warppack.PackingConfig` giving ``max_tokens``, ``overlong``,
+      ``max_sequences`` (``max_seqs_per_bin``) and the default collator's padding options; arguments
+      left at their defaults take its values, and one that disagrees with it is an error. Its
+      ``strategy`` is not used: a stream is always packed online.
     - ``lengths``: token count of every example in source order. Enables equal steps across ranks
       without communication (explicit empty batches pad the shorter ranks) and ``len()`` (then also
       pass ``num_workers``: the DataLoader's, which the main process cannot see).
@@ -87,6 +93,7 @@ class PackedIterableDataset(IterableDataset):
     seed = Fixed[int]()
     max_seqs_per_bin = Fixed[Optional[int]]()
     overlong = Fixed[str]()
+    packing = Fixed[PackingConfig]()  # the options above that a collator shares, as one config
     num_replicas = Fixed[int]()
     rank = Fixed[int]()
     num_workers = Fixed[Optional[int]]()
@@ -94,8 +101,9 @@ class PackedIterableDataset(IterableDataset):
     def __init__(
         self,
         source: Any,
-        max_tokens: int,
+        max_tokens: Optional[int] = None,
         *,
+        packing: Optional[PackingConfig] = None,
         buffer_size: int = DEFAULT_BUFFER_SIZE,
         collator: Optional[Callable[[List[Any]], Any]] = None,
         lengths: Any = None,
@@ -109,7 +117,7 @@ class PackedIterableDataset(IterableDataset):
     ) -> None:
         super().__init__()
         self._config = IterableConfig.build(
-            source, max_tokens, buffer_size=buffer_size, collator=collator, lengths=lengths, shuffle=shuffle,
+            source, max_tokens, packing=packing, buffer_size=buffer_size, collator=collator, lengths=lengths, shuffle=shuffle,
             seed=seed, max_seqs_per_bin=max_seqs_per_bin, overlong=overlong, num_replicas=num_replicas,
             rank=rank, num_workers=num_workers,
         )
@@ -120,6 +128,7 @@ class PackedIterableDataset(IterableDataset):
         self._live: Optional[Stream] = None
         self._steps_equalized = False  # set by warppack.equal_steps(loader): no warning then
         self._warned = False
+        self._warned_epoch: Optional[int] = None  # the last epoch whose truncations or splits were reported
         self._counts_cache: Optional[Tuple[Tuple[int, int], np.ndarray]] = None
         self._order_cache: Optional[Tuple[int, np.ndarray]] = None
 
@@ -133,6 +142,11 @@ class PackedIterableDataset(IterableDataset):
     @property
     def epoch(self) -> int:
         return self._epoch
+
+    @property
+    def overlong_counts(self) -> Optional[OverlongCounts]:
+        """With ``lengths=``: the examples longer than ``max_tokens`` that each epoch truncates or splits."""
+        return self._config.overlong_counts
 
     def set_epoch(self, epoch: int) -> None:
         """Read epoch ``epoch`` next (with ``shuffle``, a new order from ``seed``); forwarded to the source.
@@ -222,6 +236,10 @@ class PackedIterableDataset(IterableDataset):
                     "warppack.equal_steps(loader)",
                     stacklevel=2,
                 )
+        counts = self.overlong_counts
+        if counts is not None and rank == 0 and worker == 0 and self._warned_epoch != self._epoch:
+            self._warned_epoch = self._epoch  # the counts cover every rank and worker: one of them says so
+            warnings.warn(counts.message(f"PackedIterableDataset, epoch {self._epoch}"), stacklevel=2)
         stream = Stream(
             self.source, lengths=self.lengths, order=self._order(self._epoch) if self._config.indexed else None,
             indexed=self._config.indexed,
