@@ -428,3 +428,19 @@ def test_resume_every_boundary_stateful_dataloader_persistent_workers_over_epoch
     check_resume(lambda: iterable_stateful_session(examples, max_tokens=256, num_workers=2, persistent_workers=True,
                                                    buffer_size=6, lengths=lengths, shuffle=True, seed=2),
                  epochs=3, boundaries=[0, 1, 5, 13, 20], epochs_differ=True)
+
+
+@pytest.mark.parametrize("overlong, cut", [("truncate", "6 of 31 tokens"), ("split", "22 of 31 tokens")])
+def test_a_stream_without_lengths_reports_what_it_truncated_or_split(overlong, cut):
+    source = [{"input_ids": [1] * n} for n in (3, 10, 4, 12, 2)]
+    ds = warppack.PackedIterableDataset(source, 8, overlong=overlong, num_workers=0)
+    with pytest.warns(UserWarning, match=rf"epoch 0.*2 of 5 examples \(40\.0%\) are longer than max_tokens=8.*{cut}"):
+        batches = list(ds)
+    assert sum(b.num_tokens for b in batches) == (31 - 6 if overlong == "truncate" else 31)
+    ds.set_epoch(1)
+    with pytest.warns(UserWarning, match="epoch 1"):
+        list(ds)
+    quiet = warppack.PackedIterableDataset(source[:1] + source[2:3], 8, overlong=overlong, num_workers=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        list(quiet)

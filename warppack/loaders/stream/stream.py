@@ -6,6 +6,7 @@ stream restores it exactly.
 
 from __future__ import annotations
 
+import warnings
 from collections import deque
 from collections.abc import Mapping
 from itertools import islice
@@ -25,6 +26,7 @@ from typing import (
 import numpy as np
 
 from warppack import _packer
+from warppack.engine.config import OverlongCounts
 from warppack.loaders.state import Generation, OneThread, SavedFields
 from warppack.loaders.stream.saved import state_fields
 from warppack.loaders.stream.shards import owned_count, shard_span
@@ -106,6 +108,9 @@ class Stream(Iterator[Any]):
         self.started = False
         self.iterator: Optional[Iterator[Any]] = None  # a streamed source, opened at the first read
         self.empties_target = empties_target
+        # Without lengths= nobody knows the data's lengths in advance: this shard counts what its
+        # policy truncates or splits and says so when its pass has read everything.
+        self._read_counts = [0, 0, 0, 0, 0]  # examples, tokens, longer examples, their affected tokens, pieces
         self.one_thread = OneThread("PackedIterableDataset")
         if resume is not None:
             self._restore(resume)
@@ -167,6 +172,7 @@ class Stream(Iterator[Any]):
             return False
         position = self._position(self.cursor)
         n = self._length(example, position)
+        self._count(n)
         for start, size in _pieces(n, self.budget.max_tokens, self.budget.overlong, position):
             key = self.next_key
             self.next_key += 1
@@ -177,6 +183,24 @@ class Stream(Iterator[Any]):
             self.cache[position] = example
         self.cursor += 1
         return True
+
+    def _count(self, n: int) -> None:
+        counts, budget = self._read_counts, self.budget.max_tokens
+        counts[0] += 1
+        counts[1] += n
+        if n > budget and self.budget.overlong in ("truncate", "split"):
+            counts[2] += 1
+            counts[3] += n - budget if self.budget.overlong == "truncate" else n
+            counts[4] += 1 if self.budget.overlong == "truncate" else -(-n // budget)
+
+    def _report_overlong(self) -> None:
+        examples, tokens, longer, affected, pieces = self._read_counts
+        if self.lengths is not None or not longer:
+            return  # with lengths= the dataset reported the whole epoch before it started
+        counts = OverlongCounts(policy=self.budget.overlong, max_tokens=self.budget.max_tokens, examples=longer,
+                                tokens=affected, pieces=pieces, total_examples=examples, total_tokens=tokens)
+        warnings.warn(counts.message(f"PackedIterableDataset, epoch {self.epoch}, rank {self.rank}, worker "
+                                     f"{self.worker}"), stacklevel=3)
 
     def _take(self, key: int) -> Any:
         position, start, size = self.pieces.pop(key)
@@ -212,6 +236,7 @@ class Stream(Iterator[Any]):
                 if not self._advance():
                     self.ready.extend(self.packer.flush())
                     self.flushed = True
+                    self._report_overlong()
             keys = self.ready.popleft()
             examples = [self._take(int(key)) for key in keys]
             self.yielded += 1
