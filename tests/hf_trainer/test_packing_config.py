@@ -26,7 +26,7 @@ from warppack import PackingConfig  # noqa: E402
 from warppack.engine.config import count_overlong  # noqa: E402
 from warppack.hf_trainer.budget import sft_max_length  # noqa: E402
 
-from hf_trainer.recipes import tiny_llama  # noqa: E402
+from support.recipes import tiny_llama  # noqa: E402
 
 
 def _rows(lengths, seed=0):

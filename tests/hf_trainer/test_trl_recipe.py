@@ -22,7 +22,7 @@ import torch  # noqa: E402
 
 import warppack  # noqa: E402
 
-from hf_trainer.recipes import (  # noqa: E402
+from support.recipes import (  # noqa: E402
     RECIPE_LINES,
     WORDS,
     docs_block,
