@@ -35,7 +35,7 @@ _state: dict[str, Optional[str]] = {"last": None, "forced": None}
 _HALF = (torch.float16, torch.bfloat16)
 
 
-def attention_backend() -> str | None:
+def attention_backend() -> Optional[str]:
     """Name of the kernel the last warppack attention call ran (``None`` before the first call).
 
     Not updated inside ``torch.compile`` graphs (a Python side effect); run one eager step to look.
@@ -43,12 +43,12 @@ def attention_backend() -> str | None:
     return _state["last"]
 
 
-def forced_attention_backend() -> str | None:
+def forced_attention_backend() -> Optional[str]:
     """The kernel forced by ``set_attention_backend`` (``None``: chosen automatically)."""
     return _state["forced"]
 
 
-def set_attention_backend(name: str | None) -> None:
+def set_attention_backend(name: Optional[str]) -> None:
     """Force one of ``warppack.attention.dispatch.KERNELS`` for packed batches (``None``: choose automatically).
 
     A forced kernel that cannot run a layer's features exactly raises instead of approximating.
@@ -120,7 +120,7 @@ def _kernels() -> dict:
     return _FOUND
 
 
-def _torch_varlen_mode(has_window_size: bool, *, causal: bool, window: int | None) -> dict | None:
+def _torch_varlen_mode(has_window_size: bool, *, causal: bool, window: Optional[int]) -> Optional[dict]:
     """Keyword arguments that make ``varlen_attn`` causal/windowed, or None if this torch cannot.
 
     torch 2.10 takes ``is_causal=``; 2.11+ takes ``window_size=(left, right)`` and tests it with
@@ -157,9 +157,11 @@ def _can_run(name, q, k, *, window, softcap, dropout, sinks) -> bool:
     return found is not None and (window is None or found[1])
 
 
-def varlen_attention(query, key, value, cu_seqlens_q, cu_seqlens_k=None, max_seqlen_q=None,
-                     max_seqlen_k=None, *, causal=True, scale=None, sliding_window=None, softcap=None,
-                     dropout=0.0, sinks=None):
+def varlen_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                     cu_seqlens_k: Optional[torch.Tensor] = None, max_seqlen_q: Optional[int] = None,
+                     max_seqlen_k: Optional[int] = None, *, causal: bool = True, scale: Optional[float] = None,
+                     sliding_window: Optional[int] = None, softcap: Optional[float] = None, dropout: float = 0.0,
+                     sinks: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Attention of ``query [Tq, Hq, D]`` over ``key/value [Tk, Hkv, D]`` within each cu_seqlens segment.
 
     ``cu_seqlens_*`` are int32 ``[n+1]`` offsets (zero-length segments allowed, e.g. a static-shape tail
@@ -195,7 +197,7 @@ def varlen_attention(query, key, value, cu_seqlens_q, cu_seqlens_k=None, max_seq
         cu_q, cu_k, max_q, max_k = _tight.get(cu_seqlens_q, cu_k, query, key)
     if name == "flash_attn":  # GQA native: key/value keep their fewer heads
         fn, _, has_window = _kernels()["flash_attn"]
-        extra = {"softcap": softcap} if softcap is not None else {}
+        extra: dict[str, Any] = {"softcap": softcap} if softcap is not None else {}
         if has_window:  # absent before flash-attn 2.3 (then _can_run refused windowed layers)
             left = -1 if sliding_window is None else sliding_window - 1
             extra["window_size"] = (left, 0 if causal else left)

@@ -14,7 +14,7 @@ import importlib
 import importlib.abc
 import importlib.util
 import sys
-from typing import Any, Iterator, List
+from typing import Any, Iterator, List, cast
 
 import torch
 
@@ -79,7 +79,8 @@ def warppack_attention_forward(module, query, key, value, attention_mask, dropou
         rows = None
     if rows is not None and attention_mask is None:
         flat = lambda x: x.transpose(1, 2).reshape(-1, x.shape[1], x.shape[-1])  # noqa: E731
-        out = varlen_attention(flat(query), flat(key), flat(value), rows.cu_q, rows.cu_k, rows.max_q, rows.max_k,
+        cu_q = cast(torch.Tensor, rows.cu_q)  # eager rows carry cu offsets (compiling ones, starts, were handled above)
+        out = varlen_attention(flat(query), flat(key), flat(value), cu_q, rows.cu_k, rows.max_q, rows.max_k,
                                causal=causal, sliding_window=sliding_window, **feats)
         return out.reshape(b, lq, hq, -1).contiguous(), None
     if attention_mask is not None:
