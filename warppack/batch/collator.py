@@ -363,7 +363,9 @@ class PackedCollator:
         pool = self._pools.get(pinned)
         if pool is None:
             with self._lock:  # one pool per kind, also when threads make their first batch together
-                pool = self._pools.setdefault(pinned, BufferPool(pinned=pinned))
+                pool = self._pools.get(pinned)
+                if pool is None:
+                    pool = self._pools[pinned] = BufferPool(pinned=pinned)
         return pool.acquire(nbytes), pool
 
     # -- public ------------------------------------------------------------------------------
