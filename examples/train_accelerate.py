@@ -81,7 +81,8 @@ def main(argv=None) -> int:
         num_replicas=accelerator.num_processes, rank=accelerator.process_index,
     )
     pad_id = getattr(tokenizer, "pad_token_id", None) or 0
-    loader = DataLoader(examples, batch_sampler=sampler, collate_fn=warppack.PackedCollator(args.max_tokens, pad_token_id=pad_id))
+    loader = DataLoader(examples, batch_sampler=sampler, collate_fn=warppack.PackedCollator(
+        args.max_tokens, pad_token_id=pad_id, allow_empty=True))  # a rank without data takes a zero-loss step
 
     if args.model:
         model = AutoModelForCausalLM.from_pretrained(args.model, attn_implementation="warppack")

@@ -44,7 +44,7 @@ def test_global_num_label_tokens_local_forms():
     labels = torch.tensor([[-100, 5, 6, -100, 7]])
     assert int(warppack.global_num_label_tokens(labels)) == 3
     assert int(warppack.global_num_label_tokens([labels, {"labels": labels}])) == 6
-    empty = warppack.PackedCollator()([])
+    empty = warppack.PackedCollator().empty_batch()
     assert int(warppack.global_num_label_tokens(empty)) == 0
     with pytest.raises(ValueError, match="empty list"):
         warppack.global_num_label_tokens([])

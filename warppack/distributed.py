@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 import torch.distributed as dist
 
+from warppack.batch.collator import PackedCollator, empty_step
 from warppack.engine.options import check_int
 
 __all__ = ["MAX_REPLICAS", "equal_steps", "global_num_label_tokens", "is_distributed", "resolve_replicas"]
@@ -88,16 +89,12 @@ def _flag_group(group: Any) -> Any:
 
 def _empty_batch_factory(batches: Any) -> Callable[[], Any]:
     dataset = getattr(batches, "dataset", None)
-    collator = getattr(dataset, "collator", None)
-    if collator is None:
+    collate = getattr(dataset, "collator", None)
+    if collate is None:
         collate_fn = getattr(batches, "collate_fn", None)
-        if collate_fn is not None and type(collate_fn).__name__ == "PackedCollator":
-            collator = collate_fn
-    if collator is None:
-        from warppack.batch.collator import PackedCollator
-
-        collator = PackedCollator()
-    return lambda: collator([])
+        # Another collate_fn (the DataLoader's default, a wrapper) is not known to make a step of nothing.
+        collate = collate_fn if isinstance(collate_fn, PackedCollator) else PackedCollator()
+    return lambda: empty_step(collate)
 
 
 def equal_steps(
@@ -113,8 +110,11 @@ def equal_steps(
     wait forever. Each step this all-reduces one int ("I still have a batch") over a gloo group (CPU,
     no device sync; created once when the default backend is NCCL, so every rank must call
     ``equal_steps`` at the same point). A rank that ran out gets ``empty_batch()`` — by default the
-    loader's ``PackedCollator([])``: one padding token whose labels are all ignored, a zero-loss step
-    that still runs forward, backward and every collective. Without a process group it is a no-op.
+    loader's ``PackedCollator.empty_batch()`` (its dataset's collator, else its ``collate_fn``, else a
+    default ``PackedCollator``): one padding token whose labels are all ignored, a zero-loss step that
+    still runs forward, backward and every collective. A dataset's collator that is not a
+    ``PackedCollator`` is called with ``[]`` and must return such a step itself. Without a process
+    group it is a no-op.
 
     The state of the underlying loader stays exact: it is never read ahead.
 

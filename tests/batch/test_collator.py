@@ -1,5 +1,6 @@
 """PackedCollator and PackedBatch: layout properties, one storage, bad input, buffer reuse."""
 
+import copy
 import pickle
 
 import numpy as np
@@ -8,6 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import warppack
 from warppack import PackedBatch, PackedCollator, unpack
 
 sequences = st.lists(
@@ -38,7 +40,7 @@ def test_layout_properties(seqs, pad_multiple, with_labels, kind):
         if with_labels:
             example["labels"] = convert([t % 7 for t in s])
         examples.append(example)
-    batch = PackedCollator(pad_to_multiple_of=pad_multiple)(examples)
+    batch = PackedCollator(pad_to_multiple_of=pad_multiple, allow_empty=True)(examples)  # [] too: the empty step
 
     ids, labels, pos = batch["input_ids"], batch["labels"], batch["position_ids"]
     cu = batch["cu_seq_lens_q"]
@@ -104,10 +106,27 @@ def test_static_padding_comes_in_short_segments_the_spare_boundaries_allow(max_s
 
 
 def test_empty_batch_is_a_zero_loss_padding_step():
-    batch = PackedCollator(pad_to_multiple_of=8)([])
-    assert batch.num_sequences == 0 and batch.num_tokens == 0 and batch.num_padding == 8
-    assert (batch["labels"] == -100).all()
-    assert batch["cu_seq_lens_q"].tolist() == [0, 8]
+    collate = PackedCollator(pad_to_multiple_of=8)
+    for batch in (collate.empty_batch(), PackedCollator(pad_to_multiple_of=8, allow_empty=True)([])):
+        assert batch.num_sequences == 0 and batch.num_tokens == 0 and batch.num_padding == 8
+        assert (batch["labels"] == -100).all()
+        assert batch["cu_seq_lens_q"].tolist() == [0, 8]
+        logits = torch.randn(1, 8, 11, requires_grad=True)
+        loss = warppack.causal_lm_loss(logits, batch["labels"], num_items_in_batch=5)
+        loss.backward()
+        assert float(loss.detach()) == 0.0 and not logits.grad.any(), "the step adds nothing to the loss or the gradients"
+    static = PackedCollator(64, static_shape=True, max_sequences=4).empty_batch()
+    assert static["input_ids"].shape == (1, 64) and static["cu_seq_lens_q"].shape == (6,)
+    assert static.num_sequences == 0 and bool((static["labels"] == -100).all())
+    assert PackedCollator().empty_batch()["input_ids"].shape == (1, 1)  # one padding token
+
+
+def test_allow_empty_survives_copies():
+    collate = PackedCollator(64, allow_empty=True)
+    for clone in (pickle.loads(pickle.dumps(collate)), copy.deepcopy(collate)):
+        assert clone.allow_empty and clone([]).num_sequences == 0
+    assert "allow_empty=True" in repr(collate)
+    assert not pickle.loads(pickle.dumps(PackedCollator())).allow_empty
 
 
 def test_to_and_pin_memory_keep_one_buffer():
@@ -238,7 +257,7 @@ def test_every_source_type_gives_the_int64_batch(seqs, static, mask):
             out.append(example)
         return out
 
-    collate = PackedCollator(256, static_shape=static, max_sequences=8 if static else None)
+    collate = PackedCollator(256, static_shape=static, max_sequences=8 if static else None, allow_empty=True)
     got, expected = collate(examples(False)), collate(examples(True))
     for key in ("input_ids", "labels", "position_ids", "seq_idx", "cu_seq_lens_q"):
         assert torch.equal(got[key], expected[key]), key

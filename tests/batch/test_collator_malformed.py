@@ -99,7 +99,7 @@ def test_collator_refuses_what_is_no_list_of_examples(examples):
 @SETTINGS
 @given(
     name=st.sampled_from(["max_tokens", "pad_to_multiple_of", "max_sequences", "pad_token_id", "label_pad_id",
-                          "static_shape", "skip_empty", "pin_memory", "overlong"]),
+                          "static_shape", "skip_empty", "allow_empty", "pin_memory", "overlong"]),
     value=st.one_of(st.none(), st.floats(), st.text(max_size=3), st.integers(-(2**70), 2**70), st.booleans()),
 )
 def test_collator_options_are_refused_or_kept(name, value):
@@ -112,6 +112,16 @@ def test_collator_options_are_refused_or_kept(name, value):
         assert name in str(error), str(error)
         return
     assert getattr(collate, name) == value  # accepted values are kept as given
+
+
+@pytest.mark.parametrize("empty", [[], ()])
+def test_an_empty_list_is_refused_unless_allowed(empty):
+    with pytest.raises(ValueError, match=r"examples=(\[\]|\(\)) holds no example.*PackedBatchSampler's equal-steps "
+                                         r"padding.*PackedCollator\(\.\.\., allow_empty=True\).*empty_batch\(\)"):
+        PackedCollator(64)(empty)
+    assert PackedCollator(64, allow_empty=True)(empty).num_sequences == 0
+    with pytest.raises(TypeError, match=r"allow_empty must be True or False, got 'yes'.*allow_empty=False"):
+        PackedCollator(allow_empty="yes")
 
 
 @pytest.mark.parametrize("multiple, choices", [(64, "960 or 1024"), (3000, "3000")])

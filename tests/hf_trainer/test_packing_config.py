@@ -154,6 +154,36 @@ def test_pack_trainer_builds_the_collator_and_the_sampler_from_one_config(tmp_pa
     assert sum(b.num_tokens for b in batches) == sum(min(n, 64) for n in LONG_TAIL)
 
 
+def test_the_packed_trainers_collator_runs_the_empty_steps_of_ranks_without_data(tmp_path):
+    from accelerate.data_loader import BatchSamplerShard
+    from torch.utils.data import DataLoader
+
+    replaced = _trainer(tmp_path)
+    warppack.pack_trainer(replaced)
+    assert replaced.data_collator.allow_empty, "the collator pack_trainer puts in takes []"
+    given = warppack.PackedCollator(64, overlong="truncate")  # agrees with the config, but refuses []
+    trainer = _trainer(tmp_path, collator=given)
+    warppack.pack_trainer(trainer, packing=PackingConfig(64, overlong="truncate"))
+    trainer.get_train_dataloader()
+    collator = trainer.data_collator
+    assert collator.allow_empty and not given.allow_empty, "a copy, the user's collator unchanged"
+    assert (collator.max_tokens, collator.overlong) == (64, "truncate")
+    # The packed Trainer's loader on 4 ranks over 2 examples: accelerate deals the interleaved batches.
+    rows = ROWS[:2]
+    glob = warppack.PackedBatchSampler([len(r["input_ids"]) for r in rows], packing=collator.packing, num_replicas=4,
+                                       rank=0, interleaved=True)
+    steps = []
+    for rank in range(4):
+        loader = DataLoader(rows, batch_sampler=BatchSamplerShard(glob, num_processes=4, process_index=rank),
+                            collate_fn=collator, num_workers=2)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"PackedBatchSampler, epoch 0: 2 empty batches")
+            steps.append([(b.num_sequences, int((b["labels"] != -100).sum())) for b in loader])
+    assert [len(s) for s in steps] == [1] * 4, "equal steps"
+    assert sorted(n for s in steps for n, _ in s) == [0, 0, 1, 1]
+    assert all(labels == 0 for s in steps for n, labels in s if n == 0), "empty steps add no label token"
+
+
 def test_pack_trainer_refuses_sources_that_disagree(tmp_path):
     collator = warppack.PackedCollator(64)
     trainer = _trainer(tmp_path, collator=collator)

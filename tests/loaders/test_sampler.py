@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,7 @@ import warppack
 from warppack import PackedBatchSampler
 
 from support.resume_harness import (ListDataset, SamplerSession, StatefulDataLoader, check_resume, check_skip_first_batches,
-                            make_examples, sampler_stateful_session)
+                            example_ids, make_examples, sampler_stateful_session)
 
 WORLDS = (1, 2, 3, 7, 8)
 
@@ -24,7 +26,9 @@ def rank_batches(lengths, max_tokens, world, epoch=0, **kwargs):
     for rank in range(world):
         sampler = PackedBatchSampler(lengths, max_tokens, num_replicas=world, rank=rank, **kwargs)
         sampler.set_epoch(epoch)
-        batches = list(sampler)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"PackedBatchSampler, epoch \d+: \d+ empty batch")  # tested below
+            batches = list(sampler)
         assert len(batches) == len(sampler), "len() must be exact before iteration"
         out.append(batches)
     return out
@@ -114,10 +118,57 @@ def test_fewer_examples_than_ranks_gives_explicit_empty_batches():
     assert [len(b) for b in per_rank] == [1] * 8
     assert sorted(i for b in per_rank for batch in b for i in batch) == [0, 1, 2]
     assert sum(1 for b in per_rank if b == [[]]) == 5
-    # The collator turns [] into a zero-loss step: one padding token, every label ignored.
-    empty = warppack.PackedCollator(64)([])
+    # A collator built for it turns [] into a zero-loss step: one padding token, every label ignored.
+    empty = warppack.PackedCollator(64, allow_empty=True)([])
     assert empty.num_sequences == 0 and bool((empty["labels"] == -100).all())
     assert rank_batches([], 64, 3) == [[], [], []]
+
+
+def test_empty_steps_through_real_dataloader_workers_need_allow_empty():
+    # 2 examples on 4 ranks: two ranks get [] for the one step, through 2 worker processes.
+    examples, lengths = make_examples(2, seed=4)
+    ids, empty_ranks = [], []
+    for rank in range(4):
+        sampler = PackedBatchSampler(lengths, 128, num_replicas=4, rank=rank, seed=1)
+        loader = DataLoader(ListDataset(examples), batch_sampler=sampler, num_workers=2,
+                            collate_fn=warppack.PackedCollator(128, allow_empty=True))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            batches = list(loader)
+        assert len(batches) == 1, "equal steps: one step on every rank"
+        batch = batches[0]
+        ids += example_ids(batch)
+        said = [str(w.message) for w in caught if "empty batch" in str(w.message)]
+        if batch.num_sequences:
+            assert not said, "a rank with data is not warned"
+            continue
+        empty_ranks.append(rank)
+        assert batch["input_ids"].shape == (1, 1) and bool((batch["labels"] == -100).all())
+        assert int(warppack.global_num_label_tokens(batch)) == 0
+        assert said == [f"PackedBatchSampler, epoch 0: 1 empty batch ([]) for rank {rank} of 4, as there are fewer "
+                        f"sequences than the 1 step × 4 ranks of the epoch (equal steps). A DataLoader passes each "
+                        f"to collate_fn as []: build the collator with PackedCollator(..., allow_empty=True) to run "
+                        f"it as a zero-loss step (a PackedCollator without allow_empty=True raises ValueError)"]
+        # Without allow_empty the worker's collator refuses the [] and the loader re-raises it, message intact.
+        refused = DataLoader(ListDataset(examples), batch_sampler=sampler, num_workers=2,
+                             collate_fn=warppack.PackedCollator(128))
+        with pytest.raises(ValueError, match=r"examples=\[\] holds no example.*PackedBatchSampler's equal-steps "
+                                             r"padding.*allow_empty=True"):
+            list(refused)
+    assert sorted(ids) == [0, 1] and len(empty_ranks) == 2
+
+
+def test_empty_batches_are_reported_once_per_epoch_for_the_ranks_that_get_them():
+    sampler = PackedBatchSampler([5, 7, 9], 64, num_replicas=8, rank=0, interleaved=True, shuffle=False)
+    with pytest.warns(UserWarning, match=r"epoch 0: 5 empty batches \(\[\]\) for ranks (\d, ){4}\d of 8.*1 step × 8 ranks"):
+        assert sum(batch == [] for batch in sampler) == 5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        list(sampler)  # a second pass of the same epoch: already said
+        list(PackedBatchSampler([5, 7, 9], 64, num_replicas=2, rank=1))  # no empty batch: nothing to say
+    sampler.set_epoch(1)
+    with pytest.warns(UserWarning, match="epoch 1: 5 empty batches"):
+        list(sampler)
 
 
 def test_bins_are_split_rather_than_leaving_a_rank_idle():

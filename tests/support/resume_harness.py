@@ -110,7 +110,8 @@ class SamplerSession(Session):
 
     def __init__(self, examples, lengths, *, max_tokens, num_workers=0, **sampler_kwargs):
         self.sampler = warppack.PackedBatchSampler(lengths, max_tokens, **sampler_kwargs)
-        collate = warppack.PackedCollator(max_tokens, overlong=sampler_kwargs.get("overlong", "error"))
+        collate = warppack.PackedCollator(max_tokens, overlong=sampler_kwargs.get("overlong", "error"),
+                                          allow_empty=True)  # ranks past the last sequence get [] (equal steps)
         self.loader = DataLoader(ListDataset(examples), batch_sampler=self.sampler, collate_fn=collate,
                                  num_workers=num_workers)
         self.num_workers = num_workers
@@ -174,7 +175,7 @@ class IterableSession(Session):
 
 def sampler_stateful_session(examples, lengths, *, max_tokens, num_workers=2, **sampler_kwargs):
     sampler = warppack.PackedBatchSampler(lengths, max_tokens, **sampler_kwargs)
-    collate = warppack.PackedCollator(max_tokens, overlong=sampler_kwargs.get("overlong", "error"))
+    collate = warppack.PackedCollator(max_tokens, overlong=sampler_kwargs.get("overlong", "error"), allow_empty=True)
     return StatefulSession(ListDataset(examples), set_epoch=sampler.set_epoch, batch_sampler=sampler,
                            collate_fn=collate, num_workers=num_workers)
 

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from itertools import repeat
 from operator import is_, itemgetter
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ from warppack.batch.pool import BufferPool
 from warppack.engine.config import PackingConfig, merge_packing
 from warppack.engine.options import check_flag, check_int, check_int32_count
 
-__all__ = ["PackedCollator", "as_token_array"]
+__all__ = ["PackedCollator", "as_token_array", "empty_step"]
 
 _INT64_MAX = np.iinfo(np.int64).max
 # The layout writer reads these in place (and widens while copying); others are converted once.
@@ -146,10 +146,13 @@ class PackedCollator:
     collator implies (``overlong`` None when none was chosen): build the sampler from it, and the two
     agree on the budget and the policy.
 
-    An empty list gives the zero-loss step (one padding token, or the static shape, every label
-    ignored) that a rank without data runs to keep step counts equal. Errors name the example by
-    its position in the list (``example 2 of this batch``) and the field, value and fix. One
-    collator may be shared by threads: its buffer pool never hands one buffer to two batches.
+    :meth:`empty_batch` is the zero-loss step (one padding token, or the static shape, every label
+    ignored) that a rank without data runs to keep step counts equal. An empty list is refused
+    unless ``allow_empty=True``, which makes it that step: a ``DataLoader`` over a
+    :class:`PackedBatchSampler` passes ``[]`` where a rank has no sequences left (fewer sequences
+    than ``steps × num_replicas``). Errors name the example by its position in the list
+    (``example 2 of this batch``) and the field, value and fix. One collator may be shared by
+    threads: its buffer pool never hands one buffer to two batches.
 
     >>> collate = PackedCollator()
     >>> batch = collate([{"input_ids": [5, 6, 7]}, {"input_ids": [8, 9]}])
@@ -169,6 +172,7 @@ class PackedCollator:
     pin_memory: Union[bool, str]
     overlong: str
     skip_empty: bool
+    allow_empty: bool
     _pools: Dict[bool, BufferPool]
     _lock: threading.Lock
 
@@ -185,6 +189,7 @@ class PackedCollator:
         pin_memory: Union[bool, str] = "auto",
         overlong: str = "error",
         skip_empty: bool = False,
+        allow_empty: bool = False,
     ) -> None:
         max_tokens = _optional_int(max_tokens, "max_tokens")
         # The layout writer stores ids as int64: a larger id would fail at every batch instead of here.
@@ -216,6 +221,7 @@ class PackedCollator:
         if self.overlong == "truncate" and self.max_tokens is None:
             raise ValueError("overlong='truncate' truncates to max_tokens; pass max_tokens=... too")
         self.skip_empty = check_flag(skip_empty, name="skip_empty")
+        self.allow_empty = check_flag(allow_empty, name="allow_empty")
         self._pools = {}
         self._lock = threading.Lock()
 
@@ -378,6 +384,15 @@ class PackedCollator:
                 f"examples must be a list of examples (what a DataLoader passes to collate_fn), got "
                 f"{type(examples).__name__}; {fix}"
             )
+        if not len(examples):
+            if self.allow_empty:
+                return self.empty_batch()
+            raise ValueError(
+                f"examples={examples!r} holds no example, and a batch needs at least one. If the batch came "
+                f"from PackedBatchSampler's equal-steps padding (fewer sequences than steps × num_replicas), "
+                f"build the collator with PackedCollator(..., allow_empty=True) to run it as a zero-loss step; "
+                f"for such a step in your own loop call collator.empty_batch()"
+            )
         fast = self._fast_arrays(examples)
         if fast is not None:
             try:
@@ -389,6 +404,14 @@ class PackedCollator:
             return self._pack(ids_list, labels_list, [len(ids) for ids in ids_list])
         except ValueError as error:
             raise ValueError(_name_example(str(error), kept)) from None
+
+    def empty_batch(self) -> PackedBatch:
+        """The zero-loss step: one padding token (or the static shape), every label ignored, no sequence.
+
+        A rank without data runs it to keep step counts equal: forward, backward and every collective
+        happen as on any other step, and its loss and gradients are zero.
+        """
+        return self._pack([], None, [])
 
     def _pack(self, ids_list: List[Any], labels_list: Optional[List[Any]], lengths: List[int]) -> PackedBatch:
         real_tokens = sum(lengths)
@@ -414,8 +437,16 @@ class PackedCollator:
         return (
             f"PackedCollator(max_tokens={self.max_tokens}, pad_token_id={self.pad_token_id}, "
             f"label_pad_id={self.label_pad_id}, pad_to_multiple_of={self.pad_to_multiple_of}, "
-            f"static_shape={self.static_shape}, pin_memory={self.pin_memory!r})"
+            f"static_shape={self.static_shape}, pin_memory={self.pin_memory!r}, "
+            f"allow_empty={self.allow_empty})"
         )
+
+
+def empty_step(collate: Callable[[List[Any]], Any]) -> Any:
+    """The zero-loss step of ``collate``: ``empty_batch()`` of a PackedCollator; any other function gets ``[]``."""
+    if isinstance(collate, PackedCollator):
+        return collate.empty_batch()
+    return collate([])
 
 
 def _name_example(message: str, kept: List[int]) -> str:

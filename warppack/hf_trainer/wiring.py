@@ -35,7 +35,8 @@ def default_collator(trainer: Any) -> Optional[Tuple[PackedCollator, str]]:
     pad = getattr(tokenizer, "pad_token_id", None)
     pad = pad if isinstance(pad, int) and pad >= 0 else 0
     name = getattr(collator, "__name__", type(collator).__name__)
-    return PackedCollator(pad_token_id=pad), f"data_collator: {name} -> PackedCollator(pad_token_id={pad})"
+    return (PackedCollator(pad_token_id=pad, allow_empty=True),
+            f"data_collator: {name} -> PackedCollator(pad_token_id={pad}, allow_empty=True)")
 
 
 def merged_packing(packing: Optional[PackingConfig], callback_packing: PackingConfig,
@@ -52,9 +53,13 @@ def merged_packing(packing: Optional[PackingConfig], callback_packing: PackingCo
 
 
 def collator_for(collator: PackedCollator, packing: PackingConfig) -> PackedCollator:
-    """``collator`` when it already packs as ``packing`` says, else a copy of its other settings that does."""
+    """``collator`` when it already packs as ``packing`` says, else a copy of its other settings that does.
+
+    The copy takes ``allow_empty=True``: the packed Trainer's sampler gives a rank ``[]`` where an epoch
+    has fewer sequences than ``steps × world size`` slots, and that rank must still run the step.
+    """
     own = collator.packing
-    if all(getattr(own, f) == getattr(packing, f) for f in COLLATOR_FIELDS):
+    if collator.allow_empty and all(getattr(own, f) == getattr(packing, f) for f in COLLATOR_FIELDS):
         return collator
     return PackedCollator(packing=packing, pad_token_id=collator.pad_token_id, label_pad_id=collator.label_pad_id,
-                          pin_memory=collator.pin_memory, skip_empty=collator.skip_empty)
+                          pin_memory=collator.pin_memory, skip_empty=collator.skip_empty, allow_empty=True)

@@ -72,7 +72,7 @@ summary["sampler"]["len"] = len(loader)
 # Fewer examples than ranks: explicit empty batches keep the steps equal.
 few = warppack.PackedBatchSampler(lengths[: world - 1], 512, seed=5, overlong="truncate")
 few_loader = DataLoader(ListDataset(examples[: world - 1]), batch_sampler=few, num_workers=WORKERS,
-                        collate_fn=warppack.PackedCollator(512, overlong="truncate"))
+                        collate_fn=warppack.PackedCollator(512, overlong="truncate", allow_empty=True))
 N_all, N = N, world - 1
 summary["sampler_fewer_than_ranks"] = run("few", few_loader, set_epoch=few.set_epoch, epochs=1)
 N = N_all

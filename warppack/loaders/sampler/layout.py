@@ -240,6 +240,10 @@ class Layout:
     def num_steps(self) -> int:
         return int(self.grid.shape[0])
 
+    def empty_batches(self, start: int) -> np.ndarray:
+        """Per rank, the empty batches from step ``start`` to the end of the layout."""
+        return (self.grid[start:] < 0).sum(axis=0)
+
     def batch(self, step: int, rank: int) -> List[int]:
         """Dataset indices of the batch of ``rank`` at ``step``."""
         b = int(self.grid[step, rank])

@@ -7,8 +7,9 @@ the same size and no rank waits for a straggler. Rank ``r`` yields column ``r``.
 
 Equal steps: the number of bins is raised to a multiple of ``num_replicas`` by splitting the smallest
 multi-sequence bins in two (never exceeding the budget); only when there are fewer sequences than
-slots does a rank get an explicit empty batch (``[]``, which ``PackedCollator`` turns into a single
-padding token whose labels are all ignored: a zero-loss step).
+slots does a rank get an explicit empty batch (``[]``, which ``PackedCollator(allow_empty=True)``
+turns into a single padding token whose labels are all ignored: a zero-loss step; the sampler warns
+once per epoch, as it cannot see the collator).
 
 >>> import warppack
 >>> sampler = warppack.PackedBatchSampler([5, 3, 8, 2, 7], max_tokens=8, num_replicas=2, rank=0, shuffle=False)
@@ -54,7 +55,8 @@ class PackedBatchSampler(Sampler[List[int]]):
 
     - every example exactly once per epoch over all ranks, and ``len()`` — exact before iteration —
       the same on every rank; where there are fewer sequences than ``steps × num_replicas`` slots a
-      rank gets an empty batch ``[]`` (``PackedCollator([])`` is a zero-loss step);
+      rank gets an empty batch ``[]``, which the collator must accept as a zero-loss step
+      (``PackedCollator(allow_empty=True)``; a warning per epoch names the rank and the count);
     - per step, the ranks' bins have near-equal real tokens, then Σlen²;
     - ``shuffle=True`` re-draws the bins and their order from ``seed`` and ``set_epoch(e)``;
     - ``state_dict()``/``load_state_dict()`` resume at any batch boundary, even on another world size.
@@ -124,6 +126,7 @@ class PackedBatchSampler(Sampler[List[int]]):
         self._bins_cache: Optional[Tuple[int, Bins]] = None
         self._layout_cache: Optional[Tuple[Tuple[int, Tuple[Tuple[int, ...], ...]], Layout]] = None
         self._warned_epoch: Optional[int] = None  # the last epoch whose truncations were reported
+        self._warned_empty_epoch: Optional[int] = None  # the last epoch whose empty batches were reported
 
     # -- planning ----------------------------------------------------------------------------
     def _epoch_bins(self, epoch: int) -> Bins:
@@ -155,12 +158,35 @@ class PackedBatchSampler(Sampler[List[int]]):
         if counts is not None and self._warned_epoch != self._epoch:
             self._warned_epoch = self._epoch
             warnings.warn(counts.message(f"PackedBatchSampler, epoch {self._epoch}"), stacklevel=2)
+        layout = self._layout(self._epoch, self._history)
+        self._warn_empty(layout)
         iterator = BatchIterator(
-            self._layout(self._epoch, self._history), epoch=self._epoch, history=self._history, start=self._start,
+            layout, epoch=self._epoch, history=self._history, start=self._start,
             generation=self._generation, num_replicas=self.num_replicas, rank=self.rank,
             interleaved=self.interleaved, on_step=self._on_step)
         self._live = iterator
         return iterator
+
+    def _warn_empty(self, layout: Layout) -> None:
+        # The collator decides what [] becomes and this sampler cannot see it: say it here, once an epoch.
+        if self._warned_empty_epoch == self._epoch:
+            return
+        counts = layout.empty_batches(self._start)
+        ranks = list(range(self.num_replicas)) if self.interleaved else [self.rank]
+        empty = [r for r in ranks if counts[r]]
+        if not empty:
+            return
+        self._warned_empty_epoch = self._epoch
+        total = int(sum(counts[r] for r in empty))
+        who = f"rank {empty[0]}" if len(empty) == 1 else "ranks " + ", ".join(map(str, empty))
+        steps = layout.num_steps
+        plural = "s" if steps != 1 else ""
+        warnings.warn(
+            f"PackedBatchSampler, epoch {self._epoch}: {total} empty batch{'es' if total != 1 else ''} ([]) for "
+            f"{who} of {self.num_replicas}, as there are fewer sequences than the {steps} step{plural} × "
+            f"{self.num_replicas} ranks of the epoch (equal steps). A DataLoader passes each to collate_fn as "
+            f"[]: build the collator with PackedCollator(..., allow_empty=True) to run it as a zero-loss step (a "
+            f"PackedCollator without allow_empty=True raises ValueError)", stacklevel=3)
 
     def _on_step(self, iterator: BatchIterator, first: bool) -> None:
         self._live = iterator

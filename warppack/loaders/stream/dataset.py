@@ -61,8 +61,10 @@ class PackedIterableDataset(IterableDataset):
       left at their defaults take its values, and one that disagrees with it is an error. Its
       ``strategy`` is not used: a stream is always packed online.
     - ``lengths``: token count of every example in source order. Enables equal steps across ranks
-      without communication (explicit empty batches pad the shorter ranks) and ``len()`` (then also
-      pass ``num_workers``: the DataLoader's, which the main process cannot see).
+      without communication (explicit empty batches pad the shorter ranks: a ``PackedCollator``'s
+      ``empty_batch()``, or ``collator([])`` for another collator, which must then return a zero-loss
+      step) and ``len()`` (then also pass ``num_workers``: the DataLoader's, which the main process
+      cannot see).
     - ``num_replicas``/``rank`` default to the initialised process group.
 
     ``state_dict()``/``load_state_dict()`` capture the position and the packer's window, so a resumed

@@ -26,6 +26,7 @@ from typing import (
 import numpy as np
 
 from warppack import _packer
+from warppack.batch.collator import empty_step
 from warppack.engine.config import OverlongCounts
 from warppack.loaders.state import Generation, OneThread, SavedFields
 from warppack.loaders.stream.saved import state_fields
@@ -230,7 +231,7 @@ class Stream(Iterator[Any]):
                     if self.empties_done < self.empties_target:
                         self.empties_done += 1
                         self.yielded += 1
-                        return self.collate([])
+                        return empty_step(self.collate)
                     self.finished = True
                     raise StopIteration
                 if not self._advance():
