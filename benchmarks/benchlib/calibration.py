@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
@@ -34,6 +35,29 @@ def adversarial_batches(budget: int, max_seq_len: int, batches: int, *, seed: in
         plan = warppack.plan(lengths, budget, shuffle=True, seed=1)
         packed[name] = [lengths[b].tolist() for b in list(plan.bins)[:batches]]
     return packed
+
+
+#: token counts of the CPython standard library's files under the SmolLM2 tokenizer (1,790 files)
+REAL_LENGTHS = Path(__file__).resolve().parents[1] / "data" / "cpython_stdlib_smollm2_lengths.npy"
+
+
+def training_streams(budget: int, max_seq_len: int, batches: int, *, seed: int = 0) -> Dict[str, List[List[int]]]:
+    """The adversarial streams, then an SFT-like lognormal mix and the real length distribution.
+
+    Run back to back from a clean state, they are the compositions a training run meets in any
+    order: a budget "fits" when all of them run without running out of memory.
+    """
+    streams = adversarial_batches(budget, max_seq_len, batches, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    lognormal = np.clip(rng.lognormal(6.0, 1.0, size=4 * batches * budget // 300 + 8), 16, max_seq_len)
+    real = np.load(REAL_LENGTHS)
+    real = rng.permutation(real[real > 0])  # empty files have no tokens to train on
+    real = np.tile(real, 1 + batches * budget // max(1, int(np.minimum(real, max_seq_len).sum())))
+    for name, lengths in (("lognormal", lognormal), ("real", real)):
+        lengths = np.minimum(lengths.astype(np.int64), max(1, min(max_seq_len, budget)))
+        plan = warppack.plan(lengths, budget, shuffle=True, seed=1)
+        streams[name] = [lengths[b].tolist() for b in list(plan.bins)[:batches]]
+    return streams
 
 
 class SimulatedMemory(DeviceMemory):

@@ -248,3 +248,58 @@ def test_trl_arm_runs_without_datasets():
     # run from benchmarks/, as a script there runs: benchlib imports by its bare name
     done = subprocess.run([sys.executable, "-c", code], cwd=BENCH, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+
+
+def test_training_streams_add_an_sft_mix_and_the_real_lengths_within_the_budget():
+    streams = benchlib("calibration").training_streams(6000, 1024, 2)
+    assert list(streams) == ["all_max_seq_len", "all_tiny", "bimodal", "lognormal", "real"]
+    for name, batches in streams.items():
+        assert 1 <= len(batches) <= 2 and all(0 < sum(b) <= 6000 and 0 < min(b) and max(b) <= 1024 for b in batches), name
+    assert len({n for b in streams["real"] for n in b}) > 2  # real lengths vary, unlike the synthetic shapes
+
+
+def test_the_calibration_matrix_varies_what_changes_training_memory():
+    torch = pytest.importorskip("torch")
+    matrix = benchlib("matrix")
+    configs = matrix.MATRIX.values()
+    vocab = {c.config["vocab_size"] // 1000 for c in configs}
+    assert {32, 128, 151} <= vocab
+    hidden = [c.config["hidden_size"] for c in configs]
+    depth = [c.config["num_hidden_layers"] for c in configs]
+    assert min(hidden) <= 896 and max(hidden) >= 4096 and min(depth) <= 12 and max(depth) >= 36
+    gqa = {c.config["num_attention_heads"] // c.config["num_key_value_heads"] for c in configs}
+    assert {1, 4, 8} <= gqa
+    assert {bool(c.config.get("tie_word_embeddings")) for c in configs} == {True, False}
+    assert {c.checkpointing for c in configs} == {True, False} and any(c.lora for c in configs)
+    assert len({c.family for c in configs} - {"Llama"}) >= 2
+    params = sum(p.numel() for p in matrix.build(matrix.MATRIX["llama-3.2b-ckpt"], device=torch.device("meta"),
+                                                  dtype=torch.bfloat16, max_positions=4096).parameters())
+    assert params >= 3e9, params
+
+
+def test_state_fingerprint_sees_a_changed_weight_flag_optimizer_and_rng():
+    torch = pytest.importorskip("torch")
+    matrix = benchlib("matrix")
+    model = matrix.build(matrix.SMOKE["tiny-llama-lora"], device=torch.device("cpu"), dtype=torch.float32,
+                         max_positions=64)
+    optimizer = torch.optim.AdamW(matrix.trainable(model), lr=1e-3)
+    before = matrix.state_fingerprint(model, optimizer)
+    assert matrix.changed(before, matrix.state_fingerprint(model, optimizer)) == []
+    with torch.no_grad():
+        next(iter(matrix.trainable(model))).add_(1e-3)
+    torch.rand(1)
+    model.eval()
+    assert set(matrix.changed(before, matrix.state_fingerprint(model, optimizer))) == {"weights", "training",
+                                                                                      "cpu_rng"}
+
+
+def test_calibration_harness_runs_a_matrix_entry_on_the_simulated_device(tmp_path):
+    pytest.importorskip("peft")
+    done = subprocess.run([sys.executable, str(BENCH / "gpu_calibration.py"), "--smoke", "--models",
+                           "tiny-llama-lora", "--time-limit", "90", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    row = json.loads((tmp_path / "gpu_calibration.json").read_text())["rows"][0]
+    assert row["calibrated"] > 0 and row["state_changed"] == []
+    assert row["adversarial"]["ooms"] == 0 and row["fits"]["trials"]
+    assert "| tiny-llama-lora |" in (tmp_path / "gpu_calibration.md").read_text()
