@@ -299,8 +299,10 @@ def markdown(rows: List[dict], meta: dict) -> str:
         return "-" if x is None else f"{x:.1%}"
 
     lines = [f"# Token budget calibration ({meta['device']}, torch {meta['torch']}, transformers {meta['transformers']})",
-             "", f"max_seq_len {meta['max_seq_len']}, fused AdamW, bf16, defaults, allocator "
-             f"conf {meta['allocator_conf'] or '(default)'}; command: `{meta['command']}`", "",
+             "", f"max_seq_len {meta['max_seq_len']}, {'AdamW, fp32' if meta['smoke'] else 'fused AdamW, bf16'}, "
+             f"{'static_shape batches (padded to the budget)' if meta.get('static_shape') else 'dynamic batch shapes'}"
+             f"{', allocator capped at the headroom line (enforce_headroom)' if meta.get('enforce_headroom') else ''}, "
+             f"allocator conf {meta['allocator_conf'] or '(default)'}; command: `{meta['command']}`", "",
              "| config | what varies | params (trainable) | calibrated | largest fitting | first failing | "
              "calibrated / largest | calibration s | state left as found | adversarial OOMs | peak reserved |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]

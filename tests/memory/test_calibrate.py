@@ -521,21 +521,24 @@ def test_gpu_benchmark_script_runs_in_smoke_mode(tmp_path):
     sys.path.insert(0, str(REPO / "benchmarks"))
     import gpu_calibration
 
-    assert gpu_calibration.main(["--smoke", "--batches", "1", "--out", str(tmp_path)]) == 0
+    assert gpu_calibration.main(["--smoke", "--batches", "1", "--models", "tiny-llama-lora", "--accelerate",
+                                 "--out", str(tmp_path)]) == 0
     (row,) = json.loads((tmp_path / "gpu_calibration.json").read_text())["rows"]
     assert row["adversarial"]["ooms"] == 0 and row["adversarial"]["peak_reserved_fraction"] <= 0.92
-    assert 0.85 <= row["calibrated_over_fits"] <= 1 and row["fits"]["complete"]
+    assert row["state_changed"] == [] and row["fits"]["trials"]
+    assert row["calibrated"] <= row["fits"]["largest_fitting"] < row["fits"]["first_failing"]
+    assert 0.85 <= row["calibrated_over_first_failing"] <= row["calibrated_over_fits"] <= 1
     assert row["accelerate"]["batch_size"] > 0
-    assert "| tiny |" in (tmp_path / "gpu_calibration.md").read_text()
+    assert "| tiny-llama-lora |" in (tmp_path / "gpu_calibration.md").read_text()
     # the configuration of the H200 evidence: static shapes and the enforced cap
     enforced = tmp_path / "enforced"
-    assert gpu_calibration.main(["--smoke", "--batches", "1", "--static-shape", "--enforce-headroom",
-                                 "--out", str(enforced)]) == 0
+    assert gpu_calibration.main(["--smoke", "--batches", "1", "--models", "tiny-llama", "--accelerate",
+                                 "--static-shape", "--enforce-headroom", "--out", str(enforced)]) == 0
     data = json.loads((enforced / "gpu_calibration.json").read_text())
     (row,) = data["rows"]
     assert data["meta"]["static_shape"] and data["meta"]["enforce_headroom"]
     assert row["adversarial"]["ooms"] == 0 and row["adversarial"]["peak_reserved_fraction"] <= 0.92
     # (the ratio is the GPU's to show: in this simulation a static batch's padding segment costs its
     # square, so the probes' mostly empty batch sets the budget)
-    assert 0 < row["calibrated_over_fits"] <= 1 and row["accelerate"]["batch_size"] > 0
+    assert 0 < row["calibrated"] and row["accelerate"]["batch_size"] > 0
     assert "allocator capped at the headroom line" in (enforced / "gpu_calibration.md").read_text()

@@ -292,14 +292,3 @@ def test_state_fingerprint_sees_a_changed_weight_flag_optimizer_and_rng():
     assert set(matrix.changed(before, matrix.state_fingerprint(model, optimizer))) == {"weights", "training",
                                                                                       "cpu_rng"}
 
-
-def test_calibration_harness_runs_a_matrix_entry_on_the_simulated_device(tmp_path):
-    pytest.importorskip("peft")
-    done = subprocess.run([sys.executable, str(BENCH / "gpu_calibration.py"), "--smoke", "--models",
-                           "tiny-llama-lora", "--time-limit", "90", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    row = json.loads((tmp_path / "gpu_calibration.json").read_text())["rows"][0]
-    assert row["calibrated"] > 0 and row["state_changed"] == []
-    assert row["adversarial"]["ooms"] == 0 and row["fits"]["trials"]
-    assert "| tiny-llama-lora |" in (tmp_path / "gpu_calibration.md").read_text()

@@ -236,7 +236,8 @@ class TrainingSnapshot:
     """Everything a training step changes, copied to host memory; restored bit for bit on exit.
 
     Parameters and buffers (in place, so optimizers keep their references), gradients, the
-    optimizer's state and hyperparameters, ``model.training`` and the Python/NumPy/torch/CUDA RNG
+    optimizer's state and hyperparameters, every module's training mode (a peft wrapper in training
+    mode over a base in eval mode stays so) and the Python/NumPy/torch/CUDA RNG
     states. Host memory keeps the device free for what is being measured.
 
     >>> model = torch.nn.Linear(2, 2)
@@ -252,7 +253,8 @@ class TrainingSnapshot:
 
         import numpy as np
 
-        self.model, self.training = model, model.training
+        self.model = model
+        self.modes = [(module, module.training) for module in model.modules()]
         self.tensors = [(t, _host(t)) for t in list(model.parameters()) + list(model.buffers())]
         self.grads: List[Tuple[torch.Tensor, Optional[torch.Tensor]]] = [
             (p, None if p.grad is None else _host(p.grad)) for p in model.parameters()]
@@ -289,7 +291,8 @@ class TrainingSnapshot:
         torch.set_rng_state(self.rng[2])
         if self.rng[3] is not None:
             torch.cuda.set_rng_state_all(self.rng[3])
-        self.model.train(self.training)
+        for module, training in self.modes:
+            module.training = training
 
     @torch.no_grad()
     def restore_optimizer(self) -> None:
