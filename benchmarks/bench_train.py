@@ -72,6 +72,7 @@ from benchlib.targets import ARM_ORDER, train_targets  # noqa: E402
 from benchlib.tokens import TokenDataset, stdlib_tokens  # noqa: E402
 
 import warppack  # noqa: E402
+from warppack.attention.registry import KERNELS  # noqa: E402
 
 MAX_LEN = {"sft": 4096, "wiki": 512}
 SMOKE_MAX_LEN = {"sft": 64, "wiki": 64}
@@ -224,7 +225,7 @@ def run_train_arm(ctx: Ctx, model: Any, opt: torch.optim.Optimizer, arm: Arm, *,
     timed = timed_windows(device, arm, size, batches, lambda inputs: train_step(model, opt, inputs),
                             warmup=args.warmup, windows=windows, per=per, prestage=prestage)
     res["attention_backend"] = warppack.attention_backend() if arm.attn == "warppack" else arm.attn
-    if arm.attn == "warppack" and device.type == "cuda" and res["attention_backend"] not in ("torch_varlen", "flash_attn"):
+    if arm.attn == "warppack" and device.type == "cuda" and not KERNELS.get(res["attention_backend"], KERNELS["exact_segments"]).fused:
         res["notes"].append(f"WARNING: warppack attention ran {res['attention_backend']!r}, not a fused varlen kernel")
     res["oom_timed"] = timed.pop("oom_timed")
     res["final_loss_mean"] = timed.pop("value_mean")

@@ -39,9 +39,9 @@ from benchlib import attention as attention_benchmark
 from benchlib.families import FAMILIES, SHAPE, family_model, random_sequences
 
 import warppack
-from warppack.attention import dispatch
+from warppack.attention import dispatch, registry
 
-EXACT_ONLY = {"gemma2": "softcap", "gpt_oss": "attention sinks"}  # no fused kernel without flash-attn
+EXACT_ONLY = {"gemma2": registry.SOFTCAP, "gpt_oss": registry.SINKS}  # exact unless the fused kernel has it
 COMPILE_FACTOR = 1.5  # compiled bf16 may be this much further from fp32 than eager bf16 (or within tol)
 
 
@@ -51,8 +51,10 @@ class Run:
         self.device = "cpu" if smoke else "cuda"
         self.dtype = torch.float32 if smoke else torch.bfloat16
         self.tol = 1e-4 if smoke else 1e-2
-        # What the automatic choice must be: torch's varlen kernel, unless flash-attn is installed there.
-        self.fused = "exact_segments" if smoke else "flash_attn" if dispatch._kernels()["flash_attn"] else "torch_varlen"
+        # What the automatic choice must be: the first fused kernel of the order installed there.
+        found = dispatch._kernels()
+        self.fused = "exact_segments" if smoke else next(
+            name for name in ("flash_attn_4", "flash_attn_3", "flash_attn", "torch_varlen") if found.get(name))
         self.results: Dict[str, Any] = {}
         self.failures: List[str] = []
         self.seconds: Dict[str, float] = {}
@@ -203,7 +205,8 @@ def model_checks(run: Run) -> dict:
             row[key] = {**seq_errors(packed, same, lengths), "backends": sorted(used.names),
                         "alone_backends": sorted(used_alone.names),
                         "vs_eager": seq_errors(packed, alone, lengths)}
-            want = "exact_segments" if family in EXACT_ONLY else run.fused
+            needs = EXACT_ONLY.get(family)
+            want = "exact_segments" if needs and needs not in registry.KERNELS[run.fused].features else run.fused
             r = row[key]
             run.expect(used.names == {want} and used_alone.names == {want} and r["rel_error"] <= run.tol,
                        f"{family} {key}: kernels {sorted(used.names)} (want {want}), ||diff||/||ref|| "

@@ -1,12 +1,14 @@
 """Padding-free attention: one dispatcher over the varlen kernels, and which one ran.
 
-``varlen_attention`` runs causal attention over sequences laid end to end (``cu_seqlens``) with the
-fastest kernel that can do *exactly* what the layer asks (GQA, sliding window, softcapping, dropout,
-attention sinks); a kernel lacking a feature is skipped, never used approximately. Order:
-flash-attn → ``torch.nn.attention.varlen.varlen_attn`` → ``aten._flash_attention_forward`` → exact
-SDPA per segment (block-diagonal under ``torch.compile``). ``attention_backend()`` names the last one.
-The exact paths live in ``warppack.attention.exact``, ``attn_implementation="warppack"`` in
-``warppack.attention.hf`` (and where its layers find their boundaries in ``warppack.attention.boundaries``).
+``varlen_attention`` runs attention over sequences laid end to end (``cu_seqlens``) with the fastest
+kernel that can do *exactly* what the layer asks (GQA, sliding window, softcapping, dropout, attention
+sinks, head dim, dtype, GPU generation); a kernel lacking one is skipped, never used approximately. The
+order and what each kernel declares live in ``warppack.attention.registry`` (flash-attn-4 → torch's FA4
+route → FlashAttention-3 → flash-attn → ``varlen_attn`` → ``aten._flash_attention_forward`` → exact SDPA
+per segment, block-diagonal under ``torch.compile``), how each is found and called in
+``warppack.attention.kernels``. ``attention_backend()`` names the last one. The exact paths live in
+``warppack.attention.exact``, ``attn_implementation="warppack"`` in ``warppack.attention.hf`` (and where its
+layers find their boundaries in ``warppack.attention.boundaries``).
 
 >>> import torch, warppack
 >>> q = k = v = torch.randn(5, 2, 8)                  # 5 tokens = sequences of 3 and 2, 2 heads
@@ -17,30 +19,28 @@ The exact paths live in ``warppack.attention.exact``, ``attn_implementation="war
 
 from __future__ import annotations
 
-import importlib.util
-import inspect
 import weakref
-from typing import Any, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from warppack.attention.exact import (
-    exact_block_diagonal,
-    exact_segments,
-    repeat_heads,
-)
+from warppack.attention import kernels
+from warppack.attention.exact import exact_block_diagonal, exact_segments
+from warppack.attention.registry import ORDER, Layer, choose
 
-KERNELS = ("flash_attn", "torch_varlen", "aten_flash", "exact_segments", "exact_block_diagonal")
-_state: dict[str, Optional[str]] = {"last": None, "forced": None}
-_HALF = (torch.float16, torch.bfloat16)
+#: Every kernel name, in the automatic order (``set_attention_backend`` takes these).
+KERNELS = ORDER
+_state: Dict[str, Optional[str]] = {"last": None, "forced": None}
+_kernels = kernels.found  # the fused kernels found (the transformers glue settles them before any compile)
 
 
 def attention_backend() -> Optional[str]:
-    """Name of the kernel the last warppack attention call ran (``None`` before the first call).
+    """Name of the kernel the last warppack attention call ran (since the last ``set_attention_backend``);
+    before that call, the kernel that will run if one is forced, else ``None``.
 
     Not updated inside ``torch.compile`` graphs (a Python side effect); run one eager step to look.
     """
-    return _state["last"]
+    return _state["last"] or _state["forced"]
 
 
 def forced_attention_backend() -> Optional[str]:
@@ -51,11 +51,14 @@ def forced_attention_backend() -> Optional[str]:
 def set_attention_backend(name: Optional[str]) -> None:
     """Force one of ``warppack.attention.dispatch.KERNELS`` for packed batches (``None``: choose automatically).
 
-    A forced kernel that cannot run a layer's features exactly raises instead of approximating.
+    A forced kernel that cannot run a layer exactly (not installed, wrong device or dtype, a feature it
+    lacks) raises a ValueError naming why at the call, instead of approximating.
     """
     if name is not None and name not in KERNELS:
-        raise ValueError(f"unknown attention backend {name!r}; use one of {KERNELS} or None (automatic)")
+        raise ValueError(f"unknown attention backend {name!r}; use one of {', '.join(KERNELS)}, or None "
+                         "to let warppack choose")
     _state["forced"] = name
+    _state["last"] = None
 
 
 def compiling() -> bool:
@@ -68,93 +71,20 @@ def _record(name: str) -> None:
         _state["last"] = name
 
 
-# ---- kernel discovery: by feature (signature / schema), never by version number alone ----------------
-def _find_flash_attn():
-    if importlib.util.find_spec("flash_attn") is None:
-        return None
-    try:
-        from flash_attn import flash_attn_varlen_func
-    except Exception:  # not installed, or built for another CUDA/torch: treat as absent
-        return None
-    return _describe_flash_attn(flash_attn_varlen_func)
+_CAPABILITY: Dict[int, Tuple[int, int]] = {}
 
 
-def _describe_flash_attn(fn):
-    params = inspect.signature(fn).parameters  # softcap: flash-attn >= 2.6; window_size: >= 2.3
-    return fn, "softcap" in params, "window_size" in params
-
-
-def _find_torch_varlen():
-    try:
-        from torch.nn.attention.varlen import varlen_attn
-    except ImportError:
-        return None
-    return _describe_torch_varlen(varlen_attn)
-
-
-def _describe_torch_varlen(fn):
-    params = inspect.signature(fn).parameters  # 2.10: (..., is_causal, return_aux) only
-    return fn, "window_size" in params, "enable_gqa" in params, "scale" in params
-
-
-def _find_aten_flash():
-    try:
-        op = torch.ops.aten._flash_attention_forward
-    except (AttributeError, RuntimeError):
-        return None
-    names = {a.name for a in op.default._schema.arguments}
-    return op, "window_size_left" in names
-
-
-_FOUND: Optional[dict] = None
-
-
-def _kernels() -> dict:
-    """Kernels found, looked up once. Not at ``import warppack``: ``torch.nn.attention.varlen`` pulls in
-    torch._dynamo (seconds). It runs when transformers registers us or on the first call; inside a
-    torch.compile graph the result is then a plain constant (nothing to trace, no graph break)."""
-    global _FOUND
-    if _FOUND is None:
-        _FOUND = {"flash_attn": _find_flash_attn(), "torch_varlen": _find_torch_varlen(),
-                  "aten_flash": _find_aten_flash()}
-    return _FOUND
-
-
-def _torch_varlen_mode(has_window_size: bool, *, causal: bool, window: Optional[int]) -> Optional[dict]:
-    """Keyword arguments that make ``varlen_attn`` causal/windowed, or None if this torch cannot.
-
-    torch 2.10 takes ``is_causal=``; 2.11+ takes ``window_size=(left, right)`` and tests it with
-    ``== (-1, 0)``: it must be a *tuple*, a list silently runs non-causal attention.
-    """
-    if has_window_size:
-        left = -1 if window is None else window - 1  # transformers' window counts the token itself
-        right = 0 if causal else (-1 if window is None else window - 1)
-        return {"window_size": (int(left), int(right))}
-    if window is not None:
-        return None
-    return {"is_causal": causal}
-
-
-def _fused_ok(q) -> bool:
-    # What every FlashAttention-2 build needs: CUDA, half precision, head_dim a multiple of 8 up to 256.
-    return q.is_cuda and q.dtype in _HALF and q.shape[-1] % 8 == 0 and q.shape[-1] <= 256
-
-
-def _can_run(name, q, k, *, window, softcap, dropout, sinks) -> bool:
-    if name in ("exact_segments", "exact_block_diagonal"):
-        return True
-    if not _fused_ok(q) or sinks is not None:
-        return False
-    if name == "flash_attn":
-        found = _kernels()["flash_attn"]
-        return found is not None and (softcap is None or found[1]) and (window is None or found[2])
-    if softcap is not None:
-        return False
-    if name == "torch_varlen":
-        found = _kernels()["torch_varlen"]
-        return found is not None and dropout == 0.0 and (window is None or found[1])
-    found = _kernels()["aten_flash"]
-    return found is not None and (window is None or found[1])
+def _device(query: torch.Tensor) -> Tuple[str, Optional[Tuple[int, int]]]:
+    """The layer's device type and CUDA compute capability (looked up once per GPU)."""
+    if not query.is_cuda:
+        return query.device.type, None
+    if compiling():  # dynamo folds the properties to constants
+        props = torch.cuda.get_device_properties(query.device)
+        return "cuda", (props.major, props.minor)
+    index = query.device.index if query.device.index is not None else torch.cuda.current_device()
+    if index not in _CAPABILITY:
+        _CAPABILITY[index] = torch.cuda.get_device_capability(index)
+    return "cuda", _CAPABILITY[index]
 
 
 def varlen_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seqlens_q: torch.Tensor,
@@ -170,17 +100,12 @@ def varlen_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     included). Returns ``[Tq, Hq, D]``.
     """
     cu_k = cu_seqlens_q if cu_seqlens_k is None else cu_seqlens_k
-    feats = dict(window=sliding_window, softcap=softcap, dropout=dropout, sinks=sinks)
-    forced = _state["forced"]
-    names = (forced,) if forced else KERNELS
-    name = next((n for n in names if _can_run(n, query, key, **feats)), None)
-    if name is None:
-        wanted = {k: v for k, v in feats.items() if v not in (None, 0.0)}
-        raise ValueError(
-            f"attention backend {forced!r} (set_attention_backend) cannot run this layer exactly "
-            f"(device={query.device.type}, dtype={query.dtype}, features={sorted(wanted)}); "
-            "call warppack.set_attention_backend(None) to let warppack choose")
-    if name == "exact_segments" and compiling():
+    in_graph = compiling()
+    device, capability = _device(query)
+    layer = Layer(device, capability, query.dtype, int(query.shape[-1]), int(value.shape[-1]), sliding_window,
+                  softcap, dropout, sinks is not None, in_graph)
+    name = choose(layer, _state["forced"], kernels.installed)
+    if name == "exact_segments" and in_graph:
         name = "exact_block_diagonal"  # host-side segment loop would specialise the graph on lengths
     _record(name)
     scale = query.shape[-1] ** -0.5 if scale is None else scale
@@ -188,40 +113,15 @@ def varlen_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
         fn = exact_block_diagonal if name == "exact_block_diagonal" else exact_segments
         return fn(query, key, value, cu_seqlens_q, cu_k, causal=causal, scale=scale, window=sliding_window,
                   softcap=softcap, dropout=dropout, sinks=sinks)
-    if compiling():  # static shapes: no host sync, the caller's bound (static_shape: the budget) stays
+    if in_graph:  # static shapes: no host sync, the caller's bound (static_shape: the budget) stays
         cu_q = cu_seqlens_q.to(device=query.device, dtype=torch.int32)
         cu_k = cu_q if cu_k is cu_seqlens_q else cu_k.to(device=query.device, dtype=torch.int32)
         max_q = int(query.shape[0] if max_seqlen_q is None else max_seqlen_q)
         max_k = int(key.shape[0] if max_seqlen_k is None else max_seqlen_k)
     else:  # eager: empty segments dropped, real longest segment; once per cu tensor, not per layer
         cu_q, cu_k, max_q, max_k = _tight.get(cu_seqlens_q, cu_k, query, key)
-    if name == "flash_attn":  # GQA native: key/value keep their fewer heads
-        fn, _, has_window = _kernels()["flash_attn"]
-        extra: dict[str, Any] = {"softcap": softcap} if softcap is not None else {}
-        if has_window:  # absent before flash-attn 2.3 (then _can_run refused windowed layers)
-            left = -1 if sliding_window is None else sliding_window - 1
-            extra["window_size"] = (left, 0 if causal else left)
-        return fn(query, key, value, cu_q, cu_k, max_q, max_k, dropout_p=dropout, softmax_scale=scale,
-                  causal=causal, **extra)
-    groups = query.shape[1] // key.shape[1]
-    if name == "torch_varlen":
-        fn, has_window, has_gqa, has_scale = _kernels()["torch_varlen"]
-        if groups > 1 and not has_gqa:
-            key, value = repeat_heads(key, groups, 1), repeat_heads(value, groups, 1)
-        extra = _torch_varlen_mode(has_window, causal=causal, window=sliding_window) or {}  # None: refused earlier
-        if groups > 1 and has_gqa:
-            extra["enable_gqa"] = True
-        if has_scale:
-            extra["scale"] = scale
-        elif scale != query.shape[-1] ** -0.5:  # no scale argument (2.10): fold it into the queries
-            query = query * (scale * query.shape[-1] ** 0.5)
-        return fn(query, key, value, cu_q, cu_k, max_q, max_k, **extra)
-    op, _ = _kernels()["aten_flash"]
-    key, value = repeat_heads(key, groups, 1), repeat_heads(value, groups, 1)
-    win = {}
-    if sliding_window is not None:
-        win = {"window_size_left": sliding_window - 1, "window_size_right": 0 if causal else sliding_window - 1}
-    return op(query, key, value, cu_q, cu_k, max_q, max_k, dropout, causal, False, scale=scale, **win)[0]
+    return kernels.run(name, query, key, value, cu_q, cu_k, max_q, max_k, causal=causal, scale=scale,
+                       window=sliding_window, softcap=softcap, dropout=dropout, sinks=sinks)
 
 
 class _TightSegments:
