@@ -168,7 +168,7 @@ def calibrate(model: torch.nn.Module, *, max_seq_len: int, accelerator: Any = No
         snapshot.restore_optimizer()
         step.clear_grads()
         memory.reset_peak()
-        error = None
+        error, began_probe = None, time.perf_counter()
         for lengths in probe_schedule(budget, max_seq_len, short_len=short_len,
                                       max_sequences=max_sequences, static_shape=static_shape):
             try:
@@ -184,7 +184,8 @@ def calibrate(model: torch.nn.Module, *, max_seq_len: int, accelerator: Any = No
                 break  # some rank failed: all stop here, in lockstep
         peak, allocated = memory.peak_bytes(), memory.peak_allocated_bytes()
         measured.append({"peak_bytes": peak, "peak_allocated_bytes": allocated,
-                         "fragmentation_bytes": max(0, peak - allocated)})
+                         "fragmentation_bytes": max(0, peak - allocated),
+                         "seconds": time.perf_counter() - began_probe})
         # The headroom bounds the *reserved* peak: cached blocks too small for the next batch are
         # not free memory. Ranks may differ in memory: agree on the worst fraction of usable memory,
         # so every rank sees the same numbers and takes the same branch of the search.
