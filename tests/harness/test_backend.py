@@ -84,7 +84,8 @@ def test_bad_requests_and_models_are_refused(tiny_lm, tiny_checkpoint, tmp_path)
         tiny_lm._loglikelihood_tokens([(None, [5, 6], [7]), (None, [5, 6], [])])
     with pytest.raises(ValueError, match=r"attn_implementation='sdpa': the warppack backend packs sequences"):
         WarpPackLM(pretrained=str(tiny_checkpoint), attn_implementation="sdpa", device="cpu")
-    transformers.T5Config(vocab_size=64, d_model=8, d_kv=4, d_ff=16, num_layers=1, num_heads=2).save_pretrained(tmp_path)
+    t5 = transformers.T5Config(vocab_size=64, d_model=8, d_kv=4, d_ff=16, num_layers=1, num_heads=2)
+    t5.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match=r"backend='seq2seq': the warppack backend packs decoder-only"):
         WarpPackLM(pretrained=str(tmp_path), device="cpu")
 

@@ -1,9 +1,10 @@
 """``--model warppack``: lm-eval's Hugging Face backend with packed log-likelihood scoring.
 
-``WarpPackLM`` is lm-eval's ``HFLM`` (the same ``--model_args``, tokenisation, left truncation,
+``WarpPackLM`` is lm-eval's ``HFLM`` (the same ``--model_args``, token ids, left truncation,
 rolling windows and generation) whose ``loglikelihood`` and ``loglikelihood_rolling`` requests are
-scored packed: every distinct input row once, rows planned under ``max_tokens`` tokens, one
-forward per batch, logits only at continuation positions, answers in lm-eval's order.
+encoded in batched tokenizer calls (encoding.py) and scored packed: every distinct input row once,
+rows planned under ``max_tokens`` tokens, one forward per batch, logits only at continuation
+positions, answers in lm-eval's order.
 ``generate_until`` is HFLM's own (padded batches of ``batch_size`` through ``model.generate``).
 """
 
@@ -21,6 +22,7 @@ from tqdm import tqdm
 
 from warppack.attention.hf import register_attention
 from warppack.harness.budget import evaluation_token_budget
+from warppack.harness.encoding import batches_exactly, encode_pairs, encode_texts
 from warppack.harness.scoring import score_continuations
 from warppack.model.check import check_model
 
@@ -73,6 +75,21 @@ class WarpPackLM(HFLM):
             raise ValueError(f"backend={self.backend!r}: the warppack backend packs decoder-only (causal) models; "
                              "evaluate encoder-decoder models with --model hf")
 
+    def _encodes_in_batches(self) -> bool:
+        """Whether encoding.py gives every request lm-eval's own token ids (else lm-eval encodes them)."""
+        own = type(self).tok_encode is HFLM.tok_encode and type(self)._encode_pair is HFLM._encode_pair
+        return own and batches_exactly(self.tokenizer)
+
+    def loglikelihood(self, requests: Sequence[Any], disable_tqdm: bool = False) -> List[Tuple[float, bool]]:
+        """``(logprob, is_greedy)`` per ``(context, continuation)`` request: encoded in batches, scored packed."""
+        if getattr(self, "enable_thinking", False) or not self._encodes_in_batches():
+            return super().loglikelihood(requests, disable_tqdm=disable_tqdm)  # HFLM refuses enable_thinking
+        pairs = [tuple(request.args) for request in requests]
+        encoded = encode_pairs(self.tokenizer, pairs, add_bos_token=self.add_bos_token,
+                               prefix_token_id=self.prefix_token_id)
+        tokens = [(pair, context, continuation) for pair, (context, continuation) in zip(pairs, encoded)]
+        return self._loglikelihood_tokens(tokens, disable_tqdm=disable_tqdm)
+
     def _loglikelihood_tokens(self, requests: Sequence[TokenRequest], disable_tqdm: bool = False,
                               override_bs: Optional[int] = None) -> List[Tuple[float, bool]]:
         """``(logprob, is_greedy)`` per tokenised request, packed (``override_bs`` is ignored)."""
@@ -103,11 +120,16 @@ class WarpPackLM(HFLM):
 
     def loglikelihood_rolling(self, requests: Sequence[Any], disable_tqdm: bool = False) -> List[float]:
         """Summed log-likelihood of each document over lm-eval's rolling windows, all windows packed together."""
+        texts = [text for (text,) in (request.args for request in requests)]
+        if self._encodes_in_batches():
+            documents = encode_texts(self.tokenizer, texts, add_bos_token=self.add_bos_token,
+                                     prefix_token_id=self.prefix_token_id)
+        else:
+            documents = [self.tok_encode(text) for text in texts]
         windows: List[TokenRequest] = []
         owners: List[int] = []
-        for index, request in enumerate(requests):
-            (text,) = request.args
-            pairs = lm_eval_utils.get_rolling_token_windows(token_list=self.tok_encode(text),
+        for index, document in enumerate(documents):
+            pairs = lm_eval_utils.get_rolling_token_windows(token_list=document,
                                                             prefix_token=self.prefix_token_id,
                                                             max_seq_len=self.max_length, context_len=1)
             for context, continuation in map(lm_eval_utils.make_disjoint_window, pairs):
