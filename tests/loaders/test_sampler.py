@@ -169,6 +169,12 @@ def test_empty_batches_are_reported_once_per_epoch_for_the_ranks_that_get_them()
     sampler.set_epoch(1)
     with pytest.warns(UserWarning, match="epoch 1: 5 empty batches"):
         list(sampler)
+    quiet = PackedBatchSampler([5, 7, 9], 64, num_replicas=8, rank=0, interleaved=True, warn_empty=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a collator that accepts [] was said to be there
+        assert sum(batch == [] for batch in quiet) == 5
+    with pytest.raises(TypeError, match="warn_empty"):
+        PackedBatchSampler([5], 64, warn_empty="no")
 
 
 def test_bins_are_split_rather_than_leaving_a_rank_idle():

@@ -179,7 +179,8 @@ class _PackedTrainer(_TrainerBase):
         # interleaved: the batches of all ranks, step by step; accelerate deals them out, one per rank.
         sampler = PackedBatchSampler(
             lengths, packing=packing, shuffle=train, seed=args.seed if args.data_seed is None else args.data_seed,
-            drop_last=train and args.dataloader_drop_last, interleaved=True)
+            drop_last=train and args.dataloader_drop_last, interleaved=True,
+            warn_empty=False)  # collator_for gives the collator allow_empty=True
         if train:
             callback.note_overlong(sampler.overlong_counts)
         workers = args.dataloader_num_workers

@@ -29,7 +29,7 @@ from torch.utils.data import Sampler
 
 from warppack.distributed import MAX_REPLICAS
 from warppack.engine.config import OverlongCounts, PackingConfig
-from warppack.engine.options import check_int
+from warppack.engine.options import check_flag, check_int
 from warppack.loaders.sampler.bins import Bins
 from warppack.loaders.sampler.config import CHECKED, STATE_FORMAT, SamplerConfig
 from warppack.loaders.sampler.iterator import BatchIterator
@@ -56,7 +56,8 @@ class PackedBatchSampler(Sampler[List[int]]):
     - every example exactly once per epoch over all ranks, and ``len()`` — exact before iteration —
       the same on every rank; where there are fewer sequences than ``steps × num_replicas`` slots a
       rank gets an empty batch ``[]``, which the collator must accept as a zero-loss step
-      (``PackedCollator(allow_empty=True)``; a warning per epoch names the rank and the count);
+      (``PackedCollator(allow_empty=True)``; a warning per epoch names the rank and the count, unless
+      ``warn_empty=False`` says that the collator accepts them);
     - per step, the ranks' bins have near-equal real tokens, then Σlen²;
     - ``shuffle=True`` re-draws the bins and their order from ``seed`` and ``set_epoch(e)``;
     - ``state_dict()``/``load_state_dict()`` resume at any batch boundary, even on another world size.
@@ -112,7 +113,9 @@ class PackedBatchSampler(Sampler[List[int]]):
         max_seqs_per_bin: Optional[int] = None,
         overlong: str = "error",
         interleaved: bool = False,
+        warn_empty: bool = True,
     ) -> None:
+        self.warn_empty = check_flag(warn_empty, name="warn_empty")
         self._config = SamplerConfig.build(
             lengths, max_tokens, packing=packing, shuffle=shuffle, seed=seed, drop_last=drop_last, strategy=strategy,
             num_replicas=num_replicas, rank=rank, max_seqs_per_bin=max_seqs_per_bin, overlong=overlong,
@@ -169,7 +172,7 @@ class PackedBatchSampler(Sampler[List[int]]):
 
     def _warn_empty(self, layout: Layout) -> None:
         # The collator decides what [] becomes and this sampler cannot see it: say it here, once an epoch.
-        if self._warned_empty_epoch == self._epoch:
+        if not self.warn_empty or self._warned_empty_epoch == self._epoch:
             return
         counts = layout.empty_batches(self._start)
         ranks = list(range(self.num_replicas)) if self.interleaved else [self.rank]
