@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
 # The long-context attention kernels on a CUDA machine, in one call from the repository root: installs
-# the carried [hopper] wheels (scripts/hopper_wheels.sh; the first half stashed by the call before),
+# the [hopper] wheels (scripts/hopper_wheels.sh; the first part stashed before),
 # builds the extension in place, then checks and benchmarks every kernel found
-# (benchmarks/gpu_long_context.py, its time limit what is left of ~9 minutes, at most 7). Without the
-# wheels it still measures the kernels torch has. Output under $OUT. Extra arguments go to the script.
+# (benchmarks/gpu_long_context.py). Without the wheels it still measures the kernels torch has. Output under $OUT. Extra arguments go to the script.
 set -uo pipefail
-# flash-attn-4 compiles its kernels on first use: keep them on disk, so a second call on the same
-# (still warm) machine, e.g. with --skip checks attention steps, does not compile them again
+# flash-attn-4 compiles its kernels on first use: keep them on disk, so a second run on the same
+# machine, e.g. with --skip checks attention steps, does not compile them again
 export PYTHONUNBUFFERED=1 FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1 FLASH_ATTENTION_CUTE_DSL_CACHE_DIR=/tmp/fa4_cache
 OUT=${OUT:-./out}; mkdir -p "$OUT"
 SITE=/tmp/hopper_site

@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
 # The [hopper] extra's wheels (flash-attn-4 on NVIDIA's CuTe DSL) for a GPU machine that reaches no
-# package index. One call to that machine carries at most 64 MiB and the CUDA 13 library wheel alone
-# is ~92 MB, so the wheels travel in two halves of under 55 MB, over two back-to-back calls (the
-# machine stays warm ~30 s between them). From the repository root:
+# package index, when what one transfer may carry is limited: the CUDA 13 library wheel alone is
+# ~92 MB, so the wheels travel in two parts of under 55 MB each. From the repository root:
 #
-#   here:            bash scripts/hopper_wheels.sh prepare         # download into .whl/, split into .whl/parts/p1, p2
-#   machine, call 1: bash scripts/hopper_wheels.sh stash           # carry .whl/parts/p1: kept in /tmp/hopper_parts
-#   machine, call 2: bash scripts/hopper_wheels.sh install DIR     # carry .whl/parts/p2: rejoin, verify, pip install --target DIR
+#   here:                 bash scripts/hopper_wheels.sh prepare       # download into .whl/, split into .whl/parts/p1, p2
+#   there, with part p1:  bash scripts/hopper_wheels.sh stash         # kept in /tmp/hopper_parts
+#   there, with part p2:  bash scripts/hopper_wheels.sh install DIR   # rejoin, verify, pip install --target DIR
 #
 # then PYTHONPATH=DIR:DIR/nvidia_cutlass_dsl/dsl_packages (a --target folder's .pth files are not read).
 # Not carried: what the GPU image already has (torch, einops, typing-extensions, cuda-bindings, protobuf).
@@ -18,7 +17,6 @@ PART_BYTES=45000000
 STASH=${HOPPER_STASH:-/tmp/hopper_parts}
 
 prepare() {
-  grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \

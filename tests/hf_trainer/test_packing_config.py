@@ -147,6 +147,7 @@ def test_pack_trainer_builds_the_collator_and_the_sampler_from_one_config(tmp_pa
         sampler = sampler.batch_sampler
     collator = trainer.data_collator
     assert sampler.packing == config
+    assert not sampler.warn_empty, "its collator takes [], so the sampler need not warn about empty batches"
     assert (collator.max_tokens, collator.overlong, collator.max_sequences, collator.pad_to_multiple_of) == (
         64, "truncate", 6, 16)
     batches = list(loader)

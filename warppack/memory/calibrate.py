@@ -182,6 +182,8 @@ def calibrate(model: torch.nn.Module, *, max_seq_len: int, accelerator: Any = No
                 memory.release()
             if all_ranks_max([error is not None])[0]:
                 break  # some rank failed: all stop here, in lockstep
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # the probe's queued kernels belong to its own time
         peak, allocated = memory.peak_bytes(), memory.peak_allocated_bytes()
         measured.append({"peak_bytes": peak, "peak_allocated_bytes": allocated,
                          "fragmentation_bytes": max(0, peak - allocated),

@@ -291,6 +291,7 @@ class TrainingSnapshot:
         torch.set_rng_state(self.rng[2])
         if self.rng[3] is not None:
             torch.cuda.set_rng_state_all(self.rng[3])
+        self.model.train(self.modes[0][1])  # through train(), as calibration left it, for models that override it
         for module, training in self.modes:
             module.training = training
 

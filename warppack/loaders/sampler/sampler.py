@@ -172,8 +172,8 @@ class PackedBatchSampler(Sampler[List[int]]):
 
     def _warn_empty(self, layout: Layout) -> None:
         # The collator decides what [] becomes and this sampler cannot see it: say it here, once an epoch.
-        if not self.warn_empty or self._warned_empty_epoch == self._epoch:
-            return
+        if not self.warn_empty or self._warned_empty_epoch == self._epoch or (self.interleaved and self.rank != 0):
+            return  # interleaved: every process holds all ranks' batches, and one of them says it
         counts = layout.empty_batches(self._start)
         ranks = list(range(self.num_replicas)) if self.interleaved else [self.rank]
         empty = [r for r in ranks if counts[r]]
@@ -182,7 +182,7 @@ class PackedBatchSampler(Sampler[List[int]]):
         self._warned_empty_epoch = self._epoch
         total = int(sum(counts[r] for r in empty))
         who = f"rank {empty[0]}" if len(empty) == 1 else "ranks " + ", ".join(map(str, empty))
-        steps = layout.num_steps
+        steps = layout.steps_before + layout.num_steps
         plural = "s" if steps != 1 else ""
         warnings.warn(
             f"PackedBatchSampler, epoch {self._epoch}: {total} empty batch{'es' if total != 1 else ''} ([]) for "
