@@ -39,7 +39,7 @@ from benchlib import attention as attention_benchmark
 from benchlib.families import FAMILIES, SHAPE, family_model, random_sequences
 
 import warppack
-from warppack.attention import dispatch, registry
+from warppack.attention import dispatch, kernels, registry
 
 EXACT_ONLY = {"gemma2": registry.SOFTCAP, "gpt_oss": registry.SINKS}  # exact unless the fused kernel has it
 COMPILE_FACTOR = 1.5  # compiled bf16 may be this much further from fp32 than eager bf16 (or within tol)
@@ -52,9 +52,8 @@ class Run:
         self.dtype = torch.float32 if smoke else torch.bfloat16
         self.tol = 1e-4 if smoke else 1e-2
         # What the automatic choice must be: the first fused kernel of the order installed there.
-        found = dispatch._kernels()
         self.fused = "exact_segments" if smoke else next(
-            name for name in ("flash_attn_4", "flash_attn_3", "flash_attn", "torch_varlen") if found.get(name))
+            name for name in ("flash_attn_4", "flash_attn_3", "flash_attn", "torch_varlen") if kernels.entry(name))
         self.results: Dict[str, Any] = {}
         self.failures: List[str] = []
         self.seconds: Dict[str, float] = {}
@@ -374,7 +373,7 @@ def emulated_compile(run: Run, model: Any, collate: warppack.PackedCollator) -> 
 def environment(run: Run) -> dict:
     import transformers
 
-    found = dispatch._kernels()
+    found = kernels.found()
     env = {"torch": torch.__version__, "transformers": transformers.__version__, "smoke": run.smoke,
            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
            "flash_attn": found["flash_attn"] is not None,

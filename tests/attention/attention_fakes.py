@@ -9,6 +9,8 @@ CUDA ones of a given compute capability.
 
 from __future__ import annotations
 
+import inspect
+from types import SimpleNamespace
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -103,23 +105,96 @@ def flash_attn_3_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, 
     return reference(q, k, v, lengths, causal=causal, window=window, softcap=softcap or None, scale=softmax_scale)
 
 
-def flash_attn_4_varlen_func(q, k, v, qv=None, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None,
-                             max_seqlen_k=None, min_seqlen_k=None, seqused_q=None, seqused_k=None,
-                             gather_kv_indices=None, page_table=None, softmax_scale=None, causal=False,
-                             window_size=(None, None), learnable_sink=None, softcap=0.0, num_splits=1,
-                             pack_gqa=None, deterministic=False, score_mod=None, return_lse=False):
-    """flash-attn-4's ``flash_attn.cute.flash_attn_varlen_func``: returns ``(out, lse)``."""
+def _grads(ctx, dout, *, window, with_sink):
+    """The reference's gradients for a fake's backward (float64 autograd through ``reference``)."""
+    q, k, v, sink = ctx.saved_tensors
+    lengths, causal, _, softcap, scale = ctx.args
+    with torch.enable_grad():
+        inputs = [t.detach().requires_grad_() for t in (q, k, v)]
+        sinks = None if sink is None else sink.detach().requires_grad_()
+        out = reference(*inputs, lengths, causal=causal, window=window, softcap=softcap or None, sinks=sinks,
+                        scale=scale)
+        wrt = inputs + ([sinks] if with_sink and sinks is not None else [])
+        return torch.autograd.grad(out, wrt, dout)
+
+
+class FlashAttnVarlenFunc(torch.autograd.Function):
+    """flash-attn-4 4.0.0b36's autograd function: its backward takes the window, softcap and sinks."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, learnable_sink, lengths, causal, window, softcap, scale):
+        ctx.save_for_backward(q, k, v, learnable_sink)
+        ctx.args, ctx.window_size, ctx.softcap = (lengths, causal, window, softcap, scale), window, softcap
+        return reference(q, k, v, lengths, causal=causal, window=window, softcap=softcap or None,
+                         sinks=learnable_sink, scale=scale)
+
+    @staticmethod
+    def backward(ctx, dout):
+        dq, dk, dv, *dsink = _grads(ctx, dout, window=ctx.window_size, with_sink=True)
+        return dq, dk, dv, (dsink or [None])[0], None, None, None, None, None
+
+
+class EarlyFlashAttnVarlenFunc(FlashAttnVarlenFunc):
+    """flash-attn-4 releases before 4.0.0b36, as upstream's ``flash_attn/cute/interface.py`` read: the
+    backward asserts softcap is 0, passes no window and returns no gradient for the sinks."""
+
+    @staticmethod
+    def backward(ctx, dout, *args):
+        assert ctx.softcap == 0.0
+        dq, dk, dv = _grads(ctx, dout, window=None, with_sink=False)  # the window dropped, as those did
+        return dq, dk, dv, *((None,) * 6)
+
+
+def _flash_attn_bwd_b36(q, k, v, out, dout, lse, softmax_scale=None, causal=False, softcap=0.0,
+                        window_size_left=None, window_size_right=None, learnable_sink=None):
+    """4.0.0b36's ``_flash_attn_bwd``: its dedicated Blackwell head-dim-256 path refuses softcap."""
+    assert softcap == 0.0, "SM100 backward with head_dim=256 does not support softcap"
+
+
+def _flash_attn_bwd_early(q, k, v, out, dout, lse, softmax_scale=None, causal=False, softcap=0.0):
+    """Early ``_flash_attn_bwd``."""
+
+
+#: The ``flash_attn.cute.interface`` modules ``describe_fa4`` reads: 4.0.0b36 and an earlier release.
+FA4_B36 = SimpleNamespace(FlashAttnVarlenFunc=FlashAttnVarlenFunc, _flash_attn_bwd=_flash_attn_bwd_b36,
+                          _LEARNABLE_SINK_DTYPES=(torch.float16, torch.bfloat16, torch.float32))
+FA4_EARLY = SimpleNamespace(FlashAttnVarlenFunc=EarlyFlashAttnVarlenFunc, _flash_attn_bwd=_flash_attn_bwd_early)
+
+
+def _fa4_varlen(interface, q, k, v, qv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, min_seqlen_k,
+                seqused_q, seqused_k, gather_kv_indices, page_table, softmax_scale, causal, window_size,
+                learnable_sink, softcap, num_splits, pack_gqa, deterministic, score_mod, return_lse):
     lengths = _check_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
     assert type(softmax_scale) is float and type(causal) is bool and type(softcap) is float
     assert qv is None and page_table is None and score_mod is None and seqused_k is None
     if learnable_sink is not None:
         assert learnable_sink.shape == (q.shape[1],)
+        assert learnable_sink.dtype in getattr(interface, "_LEARNABLE_SINK_DTYPES", (torch.bfloat16,))
     window = _window_of(window_size, causal)
     CALLS.append(dict(kernel="flash_attn_4", softmax_scale=softmax_scale, causal=causal, window_size=window_size,
                       softcap=softcap, sinks=learnable_sink, hq=q.shape[1], hkv=k.shape[1]))
-    out = reference(q, k, v, lengths, causal=causal, window=window, softcap=softcap or None, sinks=learnable_sink,
-                    scale=softmax_scale)
+    out = interface.FlashAttnVarlenFunc.apply(q, k, v, learnable_sink, lengths, causal, window, softcap,
+                                              softmax_scale)
     return out, torch.zeros(q.shape[1], q.shape[0])
+
+
+def flash_attn_4_varlen_func(q, k, v, qv=None, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None,
+                             max_seqlen_k=None, min_seqlen_k=None, seqused_q=None, seqused_k=None,
+                             gather_kv_indices=None, page_table=None, softmax_scale=None, causal=False,
+                             window_size=(None, None), learnable_sink=None, softcap=0.0, num_splits=1,
+                             pack_gqa=None, deterministic=False, score_mod=None, return_lse=False):
+    """flash-attn-4 4.0.0b36's ``flash_attn.cute.flash_attn_varlen_func``: returns ``(out, lse)``."""
+    return _fa4_varlen(FA4_B36, **locals())
+
+
+def early_flash_attn_4_varlen_func(*args, **kwargs):
+    """An earlier release's ``flash_attn_varlen_func``: the same arguments, ``FA4_EARLY``'s backward."""
+    bound = inspect.signature(flash_attn_4_varlen_func).bind(*args, **kwargs)
+    bound.apply_defaults()
+    return _fa4_varlen(FA4_EARLY, **bound.arguments)
+
+
+early_flash_attn_4_varlen_func.__signature__ = inspect.signature(flash_attn_4_varlen_func)  # type: ignore
 
 
 def varlen_attn_211(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
@@ -156,8 +231,8 @@ def aten_flash_attention_forward(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p, i
 
 #: Every fake, as ``warppack.attention.kernels.found()`` describes the real kernels.
 ALL = {
-    "flash_attn_4": lambda: kernels.describe_fa4(flash_attn_4_varlen_func),
-    "torch_fa4": lambda: (True,),
+    "flash_attn_4": lambda: kernels.describe_fa4(flash_attn_4_varlen_func, FA4_B36),
+    "torch_fa4": lambda: (True, None),
     "flash_attn_3": lambda: kernels.describe_flash(flash_attn_3_varlen_func),
     "flash_attn": lambda: kernels.describe_flash(flash_attn_varlen_func),
     "torch_varlen": lambda: kernels.describe_torch_varlen(varlen_attn_211),

@@ -14,7 +14,9 @@ from attention_fakes import (
     ALL,
     CALLS,
     aten_flash_attention_forward,
+    FA4_EARLY,
     cu_of,
+    early_flash_attn_4_varlen_func,
     flash_attn_3_varlen_func,
     flash_attn_varlen_func,
     install,
@@ -61,7 +63,7 @@ def why(name, lay, installed=kernels.installed, **kw):
 
 
 # ---- the order -----------------------------------------------------------------------------------------------
-def test_the_order_is_fastest_exact_first_and_documented():
+def test_the_order_matches_the_documented_kernel_table():
     assert registry.ORDER == ("flash_attn_4", "torch_fa4", "flash_attn_3", "flash_attn", "torch_varlen", "aten_flash",
                               "exact_segments", "exact_block_diagonal")
     assert dispatch.KERNELS == registry.ORDER
@@ -156,6 +158,68 @@ def test_under_torch_compile_a_kernel_that_breaks_the_graph_is_skipped_unless_fo
     assert registry.choose(compiled, "flash_attn_4", kernels.installed) == "flash_attn_4"
 
 
+# ---- flash-attn-4 in training -------------------------------------------------------------------------------
+EARLY_FA4 = kernels.describe_fa4(early_flash_attn_4_varlen_func, FA4_EARLY)
+
+
+def test_a_flash_attn_4_without_those_gradients_refuses_softcap_windows_and_sinks_in_training(monkeypatch):
+    install(monkeypatch, flash_attn_4=EARLY_FA4)
+    assert EARLY_FA4.features == {registry.WINDOW, registry.SOFTCAP, registry.SINKS} and EARLY_FA4.trains == set()
+    bf16_sinks = dict(sinks=True, sinks_dtype=torch.bfloat16)
+    assert why("flash_attn_4", layer(softcap=30.0, grad=True)) == \
+        "softcap in training (the installed flash-attn-4's backward has no softcap)"
+    assert why("flash_attn_4", layer(grad=True, **bf16_sinks)) == \
+        "attention sinks in training (the installed flash-attn-4's backward has no gradient for the sinks)"
+    assert why("flash_attn_4", layer(window=4, grad=True)).startswith("sliding window in training")
+    assert why("flash_attn_4", layer(grad=True)) is None
+    for inference in (layer(softcap=30.0), layer(window=4, **bf16_sinks)):
+        assert why("flash_attn_4", inference) is None
+    assert why("flash_attn_4", layer(sinks=True, sinks_dtype=torch.float16)) == \
+        "attention sinks in torch.float16 (the installed flash-attn-4 takes bfloat16 sinks)"
+
+
+def test_flash_attn_4_b36_trains_them_except_softcap_at_head_dim_256_on_blackwell(monkeypatch):
+    install(monkeypatch, "flash_attn_4")
+    fa4 = ALL["flash_attn_4"]()
+    assert fa4.trains == fa4.features and fa4.no_softcap_backward_256
+    training = dict(grad=True, window=4, softcap=30.0, sinks=True, sinks_dtype=torch.float16)
+    assert why("flash_attn_4", layer(**training)) is None
+    assert why("flash_attn_4", layer(**training, head_dim=256, head_dim_v=256)) is None  # Hopper
+    blackwell = layer(**training, head_dim=256, head_dim_v=256, capability=(10, 0))
+    assert why("flash_attn_4", blackwell).startswith("softcap in training with head dim 256 on Blackwell")
+    assert why("flash_attn_4", blackwell._replace(grad=False)) is None
+
+
+def test_a_layer_needs_a_gradient_when_grad_is_on_and_an_input_requires_it(monkeypatch):
+    install(monkeypatch, "flash_attn", flash_attn_4=EARLY_FA4)
+    q, k, v = qkv(sum(LENGTHS))
+    sinks = torch.zeros(4, requires_grad=True)
+    run = lambda *t: warppack.varlen_attention(*t, cu_of(LENGTHS), softcap=2.0)  # noqa: E731
+    run(q, k, v)
+    assert warppack.attention_backend() == "flash_attn_4"  # nothing requires grad: no backward follows
+    run(q.requires_grad_(), k, v).sum().backward()
+    assert warppack.attention_backend() == "flash_attn"
+    with torch.no_grad():
+        run(q, k, v)
+    assert warppack.attention_backend() == "flash_attn_4"
+    q.requires_grad_(False)
+    warppack.varlen_attention(q, k, v, cu_of(LENGTHS), sinks=sinks.bfloat16())
+    assert warppack.attention_backend() == "exact_segments"  # the sinks require grad; flash_attn has none
+
+
+def test_a_forced_flash_attn_4_refuses_softcap_in_training_before_its_backward_would_fail(monkeypatch):
+    install(monkeypatch, flash_attn_4=EARLY_FA4)
+    warppack.set_attention_backend("flash_attn_4")
+    q, k, v = (t.requires_grad_() for t in qkv(sum(LENGTHS)))
+    with pytest.raises(ValueError, match=r"'flash_attn_4' .*: softcap in training \(the installed flash-attn-4's"):
+        warppack.varlen_attention(q, k, v, cu_of(LENGTHS), softcap=2.0)
+    assert CALLS == []
+    out = EARLY_FA4.fn(q, k, v, cu_seqlens_q=cu_of(LENGTHS), cu_seqlens_k=cu_of(LENGTHS), max_seqlen_q=6,
+                       max_seqlen_k=6, softmax_scale=0.3, causal=True, softcap=2.0)[0]
+    with pytest.raises(AssertionError):  # what the refusal spares: the release's own backward
+        out.sum().backward()
+
+
 # ---- torch's FA4 route ---------------------------------------------------------------------------------------
 def test_torch_fa4_names_torch_varlen_while_torch_routes_it_to_fa4(monkeypatch):
     install(monkeypatch, "torch_fa4", "torch_varlen", "aten_flash")
@@ -173,9 +237,23 @@ def test_torch_fa4_names_torch_varlen_while_torch_routes_it_to_fa4(monkeypatch):
 
 
 def test_torch_fa4_refuses_windows_where_the_route_drops_them_in_backward(monkeypatch):
-    install(monkeypatch, "torch_varlen", torch_fa4=(False,), route="FA4")
+    install(monkeypatch, "torch_varlen", torch_fa4=(False, None), route="FA4")
     assert why("torch_fa4", layer(window=4)) == "sliding window (the installed version takes no argument for it)"
     assert why("torch_fa4", layer()) is None
+
+
+def test_torch_fa4_is_refused_where_torch_unpacks_fewer_values_than_flash_attn_4_returns(monkeypatch):
+    adapter = "def fwd(module, q):\n    out, lse = module._flash_attn_fwd(q)\n    return out, lse\n"
+    b36 = "def _flash_attn_fwd(q):\n    if q:\n        return q, q, None, None, None\n    return q, q, 1, 2, 3\n"
+    broken = kernels.route_mismatch(adapter, b36)
+    assert broken == ("torch's FA4 route unpacks 2 values from flash-attn-4's _flash_attn_fwd, which returns 5 in "
+                      "the installed flash-attn-4: the route would fail at its first call "
+                      '("too many values to unpack")')
+    assert kernels.route_mismatch(adapter, "def _flash_attn_fwd(q):\n    return q, q\n") is None
+    assert kernels.route_mismatch(adapter.replace("out, lse", "out, lse, *_"), b36) is None  # unpacks any number
+    install(monkeypatch, "torch_varlen", "aten_flash", torch_fa4=(True, broken), route="FA4")
+    assert why("torch_fa4", layer()) == broken
+    assert registry.choose(layer(compiling=True), None, kernels.installed) == "exact_segments"  # all run the route
 
 
 def test_under_compile_torch_fa4_keeps_fa4_in_the_graph(monkeypatch):
@@ -207,15 +285,16 @@ def test_a_forced_kernel_that_cannot_run_the_layer_raises_naming_the_feature(mon
     assert CALLS == []
 
 
-def test_forcing_names_what_would_run_then_what_ran(monkeypatch):
+def test_attention_backend_names_what_ran_and_forced_attention_backend_what_is_forced(monkeypatch):
     install(monkeypatch, *ALL)
     warppack.set_attention_backend("flash_attn")
-    assert warppack.attention_backend() == "flash_attn"  # nothing ran since: the forced one would
+    assert warppack.attention_backend() is None  # nothing ran since
+    assert dispatch.forced_attention_backend() == "flash_attn"
     out, expected = attend(window=3)
     assert warppack.attention_backend() == "flash_attn" and [c["kernel"] for c in CALLS] == ["flash_attn"]
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
     warppack.set_attention_backend(None)
-    assert warppack.attention_backend() is None
+    assert warppack.attention_backend() is None and dispatch.forced_attention_backend() is None
     attend()
     assert warppack.attention_backend() == "flash_attn_4"
 
@@ -341,6 +420,27 @@ def test_models_reach_flash_attn_4_with_softcap_windows_and_sinks(monkeypatch, f
     torch.testing.assert_close(got, exact, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["gemma2", "gpt_oss"])
+@pytest.mark.parametrize("release", ["4.0.0b36", "early"])
+def test_models_train_through_flash_attn_4_only_where_its_backward_computes_the_layer(monkeypatch, family, release):
+    from support.models import hand_packed, random_sequences, tiny_model
+
+    model = tiny_model(family)
+    batch = hand_packed(random_sequences([5, 1, 9]))
+    model(**batch).loss.backward()
+    exact = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    install(monkeypatch, "flash_attn_4") if release == "4.0.0b36" else install(monkeypatch, flash_attn_4=EARLY_FA4)
+    model(**batch).loss.backward()
+    # Without flash-attn, the next kernel that computes softcap (Gemma-2) or sinks (GPT-OSS) is the exact one.
+    want = "flash_attn_4" if release == "4.0.0b36" else "exact_segments"
+    assert warppack.attention_backend() == want and len(CALLS) == (0 if release == "early" else
+                                                                   model.config.num_hidden_layers)
+    for name, p in model.named_parameters():
+        if name in exact:
+            torch.testing.assert_close(p.grad, exact[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
 # ---- no new hard dependency ----------------------------------------------------------------------------------
 def test_warppack_imports_and_attends_without_any_kernel_package():
     code = (
@@ -358,7 +458,8 @@ def test_warppack_imports_and_attends_without_any_kernel_package():
         "out = warppack.varlen_attention(q, q, q, torch.tensor([0, 3, 5], dtype=torch.int32))\n"
         "assert warppack.attention_backend() == 'exact_segments'\n"
         "found = kernels.found()\n"
-        "assert found['flash_attn_4'] is found['flash_attn_3'] is found['flash_attn'] is None, found\n"
+        "assert 'flash_attn_4' not in found  # a CPU layer never looks flash-attn-4 up\n"
+        "assert kernels.entry('flash_attn_4') is found['flash_attn_3'] is found['flash_attn'] is None, found\n"
         "assert not any(m.split('.')[0] in BLOCKED for m in sys.modules)\n"
         "print('ok')\n"
     )

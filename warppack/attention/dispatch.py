@@ -1,12 +1,12 @@
 """Padding-free attention: one dispatcher over the varlen kernels, and which one ran.
 
-``varlen_attention`` runs attention over sequences laid end to end (``cu_seqlens``) with the fastest
-kernel that can do *exactly* what the layer asks (GQA, sliding window, softcapping, dropout, attention
+``varlen_attention`` runs attention over sequences laid end to end (``cu_seqlens``) with the first kernel
+of the intended order that can do *exactly* what the layer asks (GQA, sliding window, softcapping, dropout, attention
 sinks, head dim, dtype, GPU generation); a kernel lacking one is skipped, never used approximately. The
 order and what each kernel declares live in ``warppack.attention.registry`` (flash-attn-4 → torch's FA4
 route → FlashAttention-3 → flash-attn → ``varlen_attn`` → ``aten._flash_attention_forward`` → exact SDPA
 per segment, block-diagonal under ``torch.compile``), how each is found and called in
-``warppack.attention.kernels``. ``attention_backend()`` names the last one. The exact paths live in
+``warppack.attention.kernels``. ``attention_backend()`` names the one that ran last. The exact paths live in
 ``warppack.attention.exact``, ``attn_implementation="warppack"`` in ``warppack.attention.hf`` (and where its
 layers find their boundaries in ``warppack.attention.boundaries``).
 
@@ -31,16 +31,15 @@ from warppack.attention.registry import ORDER, Layer, choose
 #: Every kernel name, in the automatic order (``set_attention_backend`` takes these).
 KERNELS = ORDER
 _state: Dict[str, Optional[str]] = {"last": None, "forced": None}
-_kernels = kernels.found  # the fused kernels found (the transformers glue settles them before any compile)
 
 
 def attention_backend() -> Optional[str]:
-    """Name of the kernel the last warppack attention call ran (since the last ``set_attention_backend``);
-    before that call, the kernel that will run if one is forced, else ``None``.
+    """Name of the kernel the last warppack attention call ran since the last ``set_attention_backend``
+    (``None`` before any call; ``forced_attention_backend()`` names a forced kernel).
 
     Not updated inside ``torch.compile`` graphs (a Python side effect); run one eager step to look.
     """
-    return _state["last"] or _state["forced"]
+    return _state["last"]
 
 
 def forced_attention_backend() -> Optional[str]:
@@ -102,8 +101,9 @@ def varlen_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     cu_k = cu_seqlens_q if cu_seqlens_k is None else cu_seqlens_k
     in_graph = compiling()
     device, capability = _device(query)
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (query, key, value, sinks))
     layer = Layer(device, capability, query.dtype, int(query.shape[-1]), int(value.shape[-1]), sliding_window,
-                  softcap, dropout, sinks is not None, in_graph)
+                  softcap, dropout, sinks is not None, in_graph, grad, None if sinks is None else sinks.dtype)
     name = choose(layer, _state["forced"], kernels.installed)
     if name == "exact_segments" and in_graph:
         name = "exact_block_diagonal"  # host-side segment loop would specialise the graph on lengths

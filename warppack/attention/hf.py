@@ -21,6 +21,7 @@ import torch
 from warppack.attention import (
     dispatch as _attention,  # _attention._record looked up per call: benchmarks wrap it to see kernels
 )
+from warppack.attention import kernels
 from warppack.attention.boundaries import find_rows, is_marker, model_position_ids, packed_marker
 from warppack.attention.dispatch import compiling, varlen_attention
 from warppack.attention.exact import attend
@@ -141,7 +142,9 @@ def _packed_rows(mu, mask_function, batch: int, length: int, device):
 
 def _register_function(module) -> None:
     module.AttentionInterface.register("warppack", warppack_attention_forward)
-    _attention._kernels()  # transformers already imported torch._dynamo: cheap now, and settled before any compile
+    # Settled before any compile; transformers already imported torch._dynamo, which the lookup needs.
+    # flash-attn-4 (seconds: the CuTe DSL) waits for the first CUDA layer on a GPU it runs on.
+    kernels.found()
 
 
 _EXACT_MASK = object()

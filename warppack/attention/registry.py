@@ -1,13 +1,14 @@
 """Which attention kernels exist, the order warppack tries them in, and what each can compute exactly.
 
-``ORDER`` is fastest-exact-first: FlashAttention-4 (the ``flash-attn-4`` package, then the same kernels
-through torch's own FA4 route), FlashAttention-3 (``flash_attn_interface``), FlashAttention-2
-(``flash-attn``), torch's built-in varlen kernel (``varlen_attn``, then ``aten._flash_attention_forward``),
-and the exact paths that run anywhere. Each ``Kernel`` declares the devices, dtypes, compute
+``ORDER`` is the intended order, by the kernels' published results: FlashAttention-4 (the ``flash-attn-4``
+package, then the same kernels through torch's own FA4 route), FlashAttention-3 (``flash_attn_interface``),
+FlashAttention-2 (``flash-attn``), torch's built-in varlen kernel (``varlen_attn``, then
+``aten._flash_attention_forward``), and the exact paths that run anywhere; ``benchmarks/gpu_long_context.py``
+measures the kernels found on a machine. Each ``Kernel`` declares the devices, dtypes, compute
 capabilities, head dims and layer features (sliding window, softcap, dropout, sinks) it can do; what the
-installed version really takes narrows that further (``warppack.attention.kernels``). A layer goes to the
-first kernel that can compute it exactly: ``refusal`` names the first thing a kernel cannot do, and a kernel
-is skipped for it, never run approximately.
+installed version really takes, forward and backward, narrows that further (``warppack.attention.kernels``).
+A layer goes to the first kernel that can compute it exactly: ``refusal`` names the first thing a kernel
+cannot do, and a kernel is skipped for it, never run approximately.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ class Layer(NamedTuple):
     dropout: float = 0.0
     sinks: bool = False
     compiling: bool = False
+    grad: bool = False  # a backward will follow: grad mode on and q/k/v or the sinks require grad
+    sinks_dtype: Optional[torch.dtype] = None
 
     def features(self) -> Tuple[str, ...]:
         """The optional features this layer uses, by their refusal names."""
@@ -93,12 +96,13 @@ KERNELS: Dict[str, Kernel] = {k.name: k for k in (
 #: The automatic order: the first kernel that can run a layer exactly runs it.
 ORDER: Tuple[str, ...] = tuple(KERNELS)
 
-#: What is installed of a kernel: the features the installed version takes, or why it cannot run at all.
+#: What is installed of a kernel for a layer: the features the installed version takes, or why it cannot
+#: run the layer at all.
 Installed = Union[FrozenSet[str], str]
+InstalledFor = Callable[[str, Layer], Installed]
 
 
-def refusal(kernel: Kernel, layer: Layer, installed: Callable[[str], Installed], *,
-            forced: bool = False) -> Optional[str]:
+def refusal(kernel: Kernel, layer: Layer, installed: InstalledFor, *, forced: bool = False) -> Optional[str]:
     """Why ``kernel`` cannot compute ``layer`` exactly (naming the device, dtype, head dim or feature), or None.
 
     ``installed`` is asked last: looking kernels up imports them, which a CPU layer never needs.
@@ -119,18 +123,18 @@ def refusal(kernel: Kernel, layer: Layer, installed: Callable[[str], Installed],
     for feature in layer.features():
         if feature not in kernel.features:
             return feature
-    takes = installed(kernel.name)
+    if layer.compiling and not kernel.compiles and not forced:
+        return "torch.compile (it would break the graph)"
+    takes = installed(kernel.name, layer)
     if isinstance(takes, str):
         return takes
     for feature in layer.features():
         if feature not in takes:
             return f"{feature} (the installed version takes no argument for it)"
-    if layer.compiling and not kernel.compiles and not forced:
-        return "torch.compile (it would break the graph)"
     return None
 
 
-def choose(layer: Layer, forced: Optional[str], installed: Callable[[str], Installed]) -> str:
+def choose(layer: Layer, forced: Optional[str], installed: InstalledFor) -> str:
     """The kernel for ``layer``: ``forced`` if it can run it exactly (else ValueError naming why), or the first
     kernel of ``ORDER`` that can."""
     if forced is not None:
