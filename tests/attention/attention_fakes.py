@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from warppack.attention import dispatch, kernels, registry
+from warppack.attention import capabilities, dispatch, kernels, registry
 
 CALLS: List[Dict[str, Any]] = []
 
@@ -231,11 +231,11 @@ def aten_flash_attention_forward(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p, i
 
 #: Every fake, as ``warppack.attention.kernels.found()`` describes the real kernels.
 ALL = {
-    "flash_attn_4": lambda: kernels.describe_fa4(flash_attn_4_varlen_func, FA4_B36),
+    "flash_attn_4": lambda: capabilities.describe_fa4(flash_attn_4_varlen_func, FA4_B36),
     "torch_fa4": lambda: (True, None),
-    "flash_attn_3": lambda: kernels.describe_flash(flash_attn_3_varlen_func),
-    "flash_attn": lambda: kernels.describe_flash(flash_attn_varlen_func),
-    "torch_varlen": lambda: kernels.describe_torch_varlen(varlen_attn_211),
+    "flash_attn_3": lambda: capabilities.describe_flash(flash_attn_3_varlen_func),
+    "flash_attn": lambda: capabilities.describe_flash(flash_attn_varlen_func),
+    "torch_varlen": lambda: capabilities.describe_torch_varlen(varlen_attn_211),
     "aten_flash": lambda: (aten_flash_attention_forward, True),
 }
 

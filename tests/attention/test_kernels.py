@@ -27,7 +27,7 @@ from attention_fakes import (
 )
 
 import warppack
-from warppack.attention import dispatch, kernels, registry
+from warppack.attention import capabilities, dispatch, kernels, registry
 from warppack.attention.registry import Layer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -127,8 +127,8 @@ def test_an_installed_version_without_the_argument_is_refused_that_feature(monke
         return flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                                       dropout_p=dropout_p, softmax_scale=softmax_scale, causal=causal)
 
-    install(monkeypatch, flash_attn=kernels.describe_flash(flash_2_2),
-            torch_varlen=kernels.describe_torch_varlen(varlen_attn_210))
+    install(monkeypatch, flash_attn=capabilities.describe_flash(flash_2_2),
+            torch_varlen=capabilities.describe_torch_varlen(varlen_attn_210))
     absent = "(the installed version takes no argument for it)"
     assert why("flash_attn", layer(softcap=2.0)) == f"softcap {absent}"
     assert why("flash_attn", layer(window=4)) == f"sliding window {absent}"
@@ -159,7 +159,7 @@ def test_under_torch_compile_a_kernel_that_breaks_the_graph_is_skipped_unless_fo
 
 
 # ---- flash-attn-4 in training -------------------------------------------------------------------------------
-EARLY_FA4 = kernels.describe_fa4(early_flash_attn_4_varlen_func, FA4_EARLY)
+EARLY_FA4 = capabilities.describe_fa4(early_flash_attn_4_varlen_func, FA4_EARLY)
 
 
 def test_a_flash_attn_4_without_those_gradients_refuses_softcap_windows_and_sinks_in_training(monkeypatch):
@@ -245,12 +245,12 @@ def test_torch_fa4_refuses_windows_where_the_route_drops_them_in_backward(monkey
 def test_torch_fa4_is_refused_where_torch_unpacks_fewer_values_than_flash_attn_4_returns(monkeypatch):
     adapter = "def fwd(module, q):\n    out, lse = module._flash_attn_fwd(q)\n    return out, lse\n"
     b36 = "def _flash_attn_fwd(q):\n    if q:\n        return q, q, None, None, None\n    return q, q, 1, 2, 3\n"
-    broken = kernels.route_mismatch(adapter, b36)
+    broken = capabilities.route_mismatch(adapter, b36)
     assert broken == ("torch's FA4 route unpacks 2 values from flash-attn-4's _flash_attn_fwd, which returns 5 in "
                       "the installed flash-attn-4: the route would fail at its first call "
                       '("too many values to unpack")')
-    assert kernels.route_mismatch(adapter, "def _flash_attn_fwd(q):\n    return q, q\n") is None
-    assert kernels.route_mismatch(adapter.replace("out, lse", "out, lse, *_"), b36) is None  # unpacks any number
+    assert capabilities.route_mismatch(adapter, "def _flash_attn_fwd(q):\n    return q, q\n") is None
+    assert capabilities.route_mismatch(adapter.replace("out, lse", "out, lse, *_"), b36) is None  # unpacks any number
     install(monkeypatch, "torch_varlen", "aten_flash", torch_fa4=(True, broken), route="FA4")
     assert why("torch_fa4", layer()) == broken
     assert registry.choose(layer(compiling=True), None, kernels.installed) == "exact_segments"  # all run the route
@@ -343,7 +343,7 @@ def test_a_flash_attention_3_that_returns_the_lse_too(monkeypatch):
         return flash_attn_3_varlen_func(*args, **kwargs), torch.zeros(1)
 
     older.__signature__ = inspect.signature(flash_attn_3_varlen_func)
-    install(monkeypatch, flash_attn_3=kernels.describe_flash(older))
+    install(monkeypatch, flash_attn_3=capabilities.describe_flash(older))
     out, expected = attend(window=3)
     assert warppack.attention_backend() == "flash_attn_3"
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
@@ -369,7 +369,7 @@ def test_torch_varlen_causal_flag_is_a_tuple_or_is_causal_by_signature():
 
 @pytest.mark.parametrize("fake", [varlen_attn_211, varlen_attn_210], ids=["torch2.11", "torch2.10"])
 def test_torch_varlen_call_is_built_from_its_signature(monkeypatch, fake):
-    install(monkeypatch, torch_varlen=kernels.describe_torch_varlen(fake))
+    install(monkeypatch, torch_varlen=capabilities.describe_torch_varlen(fake))
     for window in (None, 3) if fake is varlen_attn_211 else (None,):
         out, expected = attend(window=window)
         assert warppack.attention_backend() == "torch_varlen"
@@ -386,12 +386,12 @@ def test_aten_flash_call_is_built_right(monkeypatch):
 
 
 def test_descriptions_read_the_real_signatures():
-    assert kernels.describe_flash(flash_attn_varlen_func)[1:] == (True, True)
-    assert kernels.describe_flash(flash_attn_3_varlen_func)[1:] == (True, True)
+    assert capabilities.describe_flash(flash_attn_varlen_func)[1:] == (True, True)
+    assert capabilities.describe_flash(flash_attn_3_varlen_func)[1:] == (True, True)
     fa4 = ALL["flash_attn_4"]()[1]
     assert fa4 == {registry.WINDOW, registry.SOFTCAP, registry.SINKS}
-    assert kernels.describe_torch_varlen(varlen_attn_211)[1:] == (True, True, True)
-    assert kernels.describe_torch_varlen(varlen_attn_210)[1:] == (False, False, False)
+    assert capabilities.describe_torch_varlen(varlen_attn_211)[1:] == (True, True, True)
+    assert capabilities.describe_torch_varlen(varlen_attn_210)[1:] == (False, False, False)
 
 
 # ---- models through flash-attn-4 -----------------------------------------------------------------------------
