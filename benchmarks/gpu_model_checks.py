@@ -37,6 +37,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set
 import torch
 from benchlib import attention as attention_benchmark
 from benchlib.families import FAMILIES, SHAPE, family_model, random_sequences
+from benchlib.kernel_checks import max_rel, nrel
 
 import warppack
 from warppack.attention import dispatch, kernels, registry
@@ -94,17 +95,6 @@ class Backends:
         dispatch._record = self._orig
 
 
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max|a-b| / max|b| (one outlier logit decides it: reported, not the pass criterion for models)."""
-    return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12)).item()
-
-
-def nrel(a: torch.Tensor, b: torch.Tensor) -> float:
-    """||a-b||_F / ||b||_F: the relative error of the whole tensor (the models' pass criterion)."""
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
-
-
 def seq_errors(packed: torch.Tensor, alone: torch.Tensor, lengths: Sequence[int]) -> dict:
     """||diff||/||ref|| over all real tokens (the criterion), the worst single sequence's (a 1-token
     sequence is one bf16 logit vector: a few ulps, or a flipped MoE route, decide it), max-relative and
@@ -113,7 +103,7 @@ def seq_errors(packed: torch.Tensor, alone: torch.Tensor, lengths: Sequence[int]
     for n in lengths:
         per.append(nrel(packed[start:start + n], alone[start:start + n]))
         start += n
-    return {"rel_error": nrel(packed, alone), "worst_sequence_rel_error": max(per), "max_rel_error": rel(packed, alone),
+    return {"rel_error": nrel(packed, alone), "worst_sequence_rel_error": max(per), "max_rel_error": max_rel(packed, alone),
             "mean_abs_error": (packed.float() - alone.float()).abs().mean().item()}
 
 
@@ -157,8 +147,8 @@ def kernel_checks(run: Run) -> dict:
         rq, rk, rv = (x.detach().double().requires_grad_() for x in (q, k, v))
         ref = reference(rq, rk, rv, lengths, window)
         ref.square().sum().backward()
-        err = rel(got, ref)
-        grad_err = max(rel(a.grad, b.grad) for a, b in ((qq, rq), (kk, rk), (vv, rv))
+        err = max_rel(got, ref)
+        grad_err = max(max_rel(a.grad, b.grad) for a, b in ((qq, rq), (kk, rk), (vv, rv))
                        if a.grad is not None and b.grad is not None)
         out[name] = {"backend": backend, "rel_error": err, "grad_rel_error": grad_err}
         want = forced or run.fused
@@ -226,7 +216,7 @@ def model_checks(run: Run) -> dict:
         ref.backward()
         model.set_attn_implementation("warppack")
         row["loss_rel_error"] = abs(loss.item() - ref.item()) / abs(ref.item())
-        row["grad_rel_error_max"] = max(rel(p.grad, grads[n]) for n, p in model.named_parameters()
+        row["grad_rel_error_max"] = max(max_rel(p.grad, grads[n]) for n, p in model.named_parameters()
                                         if n in grads and p.grad is not None)
         print(f"  {family}: loss rel error {row['loss_rel_error']:.1e}, worst parameter grad {row['grad_rel_error_max']:.1e}")
         run.expect(row["loss_rel_error"] <= run.tol, f"{family}: packed loss within {run.tol:g} of the token-weighted mean")
@@ -249,12 +239,12 @@ def model_checks(run: Run) -> dict:
             refs[impl] = model(input_ids=ids, attention_mask=mask).logits[mask.bool()]
     model.set_attn_implementation("warppack")
     expected = refs["sdpa"]
-    out["padded_and_generate"] = {"rel_error": nrel(got, expected), "max_rel_error": rel(got, expected),
+    out["padded_and_generate"] = {"rel_error": nrel(got, expected), "max_rel_error": max_rel(got, expected),
                                   "vs_eager": nrel(got, refs["eager"]),
                                   "backends": sorted(used.names), "generated_shape": list(generated.shape)}
     run.expect(used.names == {"exact_masked"} and nrel(got, expected) <= run.tol and generated.shape[1] == 48,
                f"padded batch + generate: kernels {sorted(used.names)}, ||diff||/||ref|| vs sdpa {nrel(got, expected):.1e} "
-               f"(max-rel {rel(got, expected):.1e}; vs eager {nrel(got, refs['eager']):.1e})")
+               f"(max-rel {max_rel(got, expected):.1e}; vs eager {nrel(got, refs['eager']):.1e})")
     report = warppack.check_model(family_model("llama").to(run.device, run.dtype))
     out["check_model"] = report
     run.expect(report.get("backend") == run.fused, f"check_model passes (backend {report.get('backend')})")

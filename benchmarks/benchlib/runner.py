@@ -133,7 +133,7 @@ def peak_of(fn: Callable[[], Any], device: torch.device,
 
 def reset_attention_record() -> None:
     """Forget the last kernel warppack's attention ran, so ``attention_backend()`` names the next one."""
-    warppack.attention.dispatch._state["last"] = None
+    warppack.set_attention_backend(warppack.attention.dispatch.forced_attention_backend())
 
 
 class Timer:

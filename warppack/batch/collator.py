@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Mapping, Sequence
-from itertools import repeat
-from operator import is_, itemgetter
+from itertools import compress, repeat
+from operator import is_, is_not, itemgetter
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
@@ -16,7 +15,7 @@ from warppack import _packer
 from warppack.batch.packed import BufferLayout, PackedBatch
 from warppack.batch.pool import BufferPool
 from warppack.engine.config import PackingConfig, merge_packing
-from warppack.engine.options import check_flag, check_int, check_int32_count
+from warppack.engine.options import check_flag, check_int, check_optional_count
 
 __all__ = ["PackedCollator", "as_token_array", "empty_step"]
 
@@ -100,26 +99,20 @@ def _check_mask(mask: Any, length: int, index: int) -> None:
 
 
 def _masks_all_ones(masks: List[Any], lengths: List[int]) -> bool:
-    """True when every mask given is a numpy 0/1 array of its example's length with no zeros."""
-    for mask, length in zip(masks, lengths):
-        if mask is None:
-            continue
-        if type(mask) is not np.ndarray or mask.dtype.kind not in "biu" or mask.shape != (length,):
-            return False
-        if not mask.all():
-            return False
-    return True
+    """True when every mask given is a 1-D numpy 0/1 array of its example's length with no zeros."""
+    given_at = list(map(is_not, masks, repeat(None)))
+    given = list(compress(masks, given_at))
+    if set(map(type, given)) - _NDARRAY or set(map(np.ndim, given)) - {1}:
+        return False
+    if list(map(len, given)) != list(compress(lengths, given_at)):
+        return False
+    joined = np.concatenate(given)  # one pass over the batch's mask tokens, not one call per example
+    return joined.dtype.kind in "biu" and bool(joined.all())
 
 
 _SPLIT_REFUSED = ("overlong={overlong!r}: a collator can 'error' or 'truncate' an example longer than max_tokens; "
                   "to split long documents use warppack.plan(..., overlong='split') or "
                   "warppack.PackedIterableDataset(..., overlong='split')")
-
-
-def _optional_int(value: Any, name: str) -> Optional[int]:
-    if value is None:
-        return None
-    return check_int32_count(value, name=name)
 
 
 class PackedCollator:
@@ -174,7 +167,6 @@ class PackedCollator:
     skip_empty: bool
     allow_empty: bool
     _pools: Dict[bool, BufferPool]
-    _lock: threading.Lock
 
     def __init__(
         self,
@@ -191,14 +183,14 @@ class PackedCollator:
         skip_empty: bool = False,
         allow_empty: bool = False,
     ) -> None:
-        max_tokens = _optional_int(max_tokens, "max_tokens")
+        max_tokens = check_optional_count(max_tokens, name="max_tokens")
         # The layout writer stores ids as int64: a larger id would fail at every batch instead of here.
         self.pad_token_id = check_int(pad_token_id, name="pad_token_id", minimum=0, maximum=2**63 - 1)
         self.label_pad_id = check_int(label_pad_id, name="label_pad_id", minimum=-(2**63), maximum=2**63 - 1,
                                       example=-100)
-        pad_to_multiple_of = _optional_int(pad_to_multiple_of, "pad_to_multiple_of")
+        pad_to_multiple_of = check_optional_count(pad_to_multiple_of, name="pad_to_multiple_of")
         static_shape = check_flag(static_shape, name="static_shape")
-        max_sequences = _optional_int(max_sequences, "max_sequences")
+        max_sequences = check_optional_count(max_sequences, name="max_sequences")
         if pin_memory not in ("auto", True, False):
             raise ValueError(f"pin_memory must be 'auto', True or False, got {pin_memory!r}")
         if pin_memory is True and not torch.cuda.is_available():
@@ -223,18 +215,16 @@ class PackedCollator:
         self.skip_empty = check_flag(skip_empty, name="skip_empty")
         self.allow_empty = check_flag(allow_empty, name="allow_empty")
         self._pools = {}
-        self._lock = threading.Lock()
 
     def __getstate__(self) -> Dict[str, Any]:
-        # Buffers and the lock stay with this process; a copy (e.g. in a DataLoader worker) starts empty.
+        # Buffers stay with this process; a copy (e.g. in a DataLoader worker) starts without any.
         state = dict(self.__dict__)
-        del state["_pools"], state["_lock"]
+        del state["_pools"]
         return state
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._pools = {}
-        self._lock = threading.Lock()
 
     # -- examples -> arrays ------------------------------------------------------------------
     def _fast_arrays(self, examples: Sequence[Any]) -> Optional[Tuple[List[Any], Optional[List[Any]], List[int]]]:
@@ -367,11 +357,8 @@ class PackedCollator:
             # that the main process keeps, so allocate fresh (the loader pins once if asked).
             return torch.empty(nbytes, dtype=torch.uint8), None
         pool = self._pools.get(pinned)
-        if pool is None:
-            with self._lock:  # one pool per kind, also when threads make their first batch together
-                pool = self._pools.get(pinned)
-                if pool is None:
-                    pool = self._pools[pinned] = BufferPool(pinned=pinned)
+        if pool is None:  # setdefault is atomic: threads making their first batch together share one pool
+            pool = self._pools.setdefault(pinned, BufferPool(pinned=pinned))
         return pool.acquire(nbytes), pool
 
     # -- public ------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from warppack.cli.errors import EXIT_NO_DEVICE, EXIT_NOTHING_TO_PACK, EXIT_USAGE, CliError
-from warppack.cli.options import check_count
+from warppack.cli.options import check_count, check_seed
 from warppack.progress import Progress
 
 __all__ = ["add_arguments", "run", "stdlib_sequences"]
@@ -190,7 +190,7 @@ def _check_options(args: argparse.Namespace) -> None:
     check_count(args.batch_size, flag="--batch-size", example=8, maximum=MAX_STEP_TOKENS)
     check_count(args.max_len, flag="--max-len", example=512, maximum=MAX_STEP_TOKENS)
     check_count(args.source_bytes, flag="--source-bytes", example=3_000_000, maximum=1 << 30)
-    check_count(args.seed, flag="--seed", example=0, minimum=0, maximum=2**64 - 1)
+    check_seed(args.seed)
     if args.batch_size * args.max_len > MAX_STEP_TOKENS:
         raise CliError(
             f"--batch-size {args.batch_size} x --max-len {args.max_len} = {args.batch_size * args.max_len:,} "

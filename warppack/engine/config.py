@@ -16,12 +16,12 @@ import numpy as np
 
 from warppack.engine.options import (
     check_flag,
-    check_int32_count,
+    check_optional_count,
     check_overlong,
     check_strategy,
 )
 
-__all__ = ["OverlongCounts", "PackingConfig", "check_multiple", "count_overlong", "merge_packing"]
+__all__ = ["OverlongCounts", "PackingConfig", "check_multiple", "count_overlong", "merge_packing", "split_pieces"]
 
 
 def check_multiple(max_tokens: Optional[int], multiple: Optional[int]) -> None:
@@ -34,10 +34,6 @@ def check_multiple(max_tokens: Optional[int], multiple: Optional[int]) -> None:
         f"max_tokens={max_tokens} is not a multiple of pad_to_multiple_of={multiple}, so padding a batch "
         f"to a multiple could take it past the budget; pick a max_tokens that is a multiple, e.g. {choices}"
     )
-
-
-def _optional_count(value: Any, name: str) -> Optional[int]:
-    return None if value is None else check_int32_count(value, name=name)
 
 
 @dataclass(frozen=True, init=False)
@@ -74,12 +70,12 @@ class PackingConfig:
                  pad_to_multiple_of: Optional[int] = None, static_shape: bool = False,
                  max_sequences: Optional[int] = None) -> None:
         put = object.__setattr__  # frozen: the checked values are stored once, here
-        put(self, "max_tokens", _optional_count(max_tokens, "max_tokens"))
+        put(self, "max_tokens", check_optional_count(max_tokens, name="max_tokens"))
         put(self, "overlong", None if overlong is None else check_overlong(overlong))
         put(self, "strategy", check_strategy(strategy))
-        put(self, "pad_to_multiple_of", _optional_count(pad_to_multiple_of, "pad_to_multiple_of"))
+        put(self, "pad_to_multiple_of", check_optional_count(pad_to_multiple_of, name="pad_to_multiple_of"))
         put(self, "static_shape", check_flag(static_shape, name="static_shape"))
-        put(self, "max_sequences", _optional_count(max_sequences, "max_sequences"))
+        put(self, "max_sequences", check_optional_count(max_sequences, name="max_sequences"))
         check_multiple(self.max_tokens, self.pad_to_multiple_of)
 
     def replace(self, **changes: Any) -> "PackingConfig":
@@ -89,15 +85,14 @@ class PackingConfig:
     def given(self) -> Dict[str, Any]:
         """The fields set to something other than their default."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if getattr(self, f.name) != _DEFAULTS[f.name]}
+                if getattr(self, f.name) != getattr(_DEFAULTS, f.name)}
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{k}={v!r}" for k, v in self.given().items())
         return f"PackingConfig({shown})"
 
 
-_DEFAULTS: Dict[str, Any] = {"max_tokens": None, "overlong": None, "strategy": "bfd", "pad_to_multiple_of": None,
-                             "static_shape": False, "max_sequences": None}
+_DEFAULTS = PackingConfig()
 
 
 def merge_packing(packing: Optional[PackingConfig], given: Mapping[str, Any], *, owner: str,
@@ -174,6 +169,11 @@ def count_overlong(lengths: np.ndarray, max_tokens: int, overlong: str) -> Optio
     if overlong == "truncate":
         tokens, pieces = int((longer - max_tokens).sum()), len(longer)
     else:
-        tokens, pieces = int(longer.sum()), int((-(-longer // max_tokens)).sum())
+        tokens, pieces = int(longer.sum()), split_pieces(longer, max_tokens)
     return OverlongCounts(policy=overlong, max_tokens=max_tokens, examples=len(longer), tokens=tokens, pieces=pieces,
                           total_examples=len(lengths), total_tokens=int(lengths.sum(dtype=np.int64)))
+
+
+def split_pieces(lengths: np.ndarray, max_tokens: int) -> int:
+    """Sequences that ``overlong="split"`` makes of the (positive) ``lengths`` at ``max_tokens``."""
+    return int(((np.asarray(lengths, dtype=np.int64) + (max_tokens - 1)) // max_tokens).sum())

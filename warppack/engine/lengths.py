@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from warppack.engine.options import is_int
 
 __all__ = ["MissingColumnError", "lengths_of"]
 
@@ -28,14 +29,10 @@ def _describe(value: Any) -> str:
     return f"{shown[:40]}{'...' if len(shown) > 40 else ''} ({type(value).__name__})"
 
 
-def _is_token(value: Any) -> bool:
-    return isinstance(value, (numbers.Integral, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
 def _bad_row(row: Any, where: str) -> TypeError:
     if isinstance(row, (str, bytes)):
         fix = "tokenize first (e.g. datasets' map with your tokenizer), then count the token ids"
-    elif _is_token(row):
+    elif is_int(row):
         fix = "pass an int array of lengths (np.asarray) or a list of examples"
     else:
         fix = "each example must be one 1-D sequence of integer token ids (unbatched: ids[0], not ids)"
@@ -45,7 +42,7 @@ def _bad_row(row: Any, where: str) -> TypeError:
 def _row_length(row: Any, where: str) -> int:
     """Tokens of one example; checks its container and first item (the collator checks every token)."""
     if isinstance(row, _SEQUENCE_TYPES):
-        if row and not _is_token(row[0]):
+        if row and not is_int(row[0]):
             fix = "tokenize first" if isinstance(row[0], str) else "pass one 1-D sequence of token ids per example"
             raise TypeError(f"{where} holds {_describe(row[0])} at position 0, not an integer token id; {fix}")
         return len(row)

@@ -17,9 +17,11 @@ __all__ = [
     "STRATEGIES",
     "check_choice",
     "check_flag",
+    "check_fraction",
     "check_int",
     "check_int32_count",
     "check_max_seqs_per_bin",
+    "check_optional_count",
     "check_overlong",
     "check_seed",
     "check_strategy",
@@ -35,6 +37,15 @@ INT32_MAX = 2**31 - 1
 def is_int(value: Any) -> bool:
     """An integer that is not a bool (``True`` is an ``int`` to Python but never a count here)."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_fraction(value: Any, *, name: str, example: str, closed_above: bool = False) -> float:
+    """``value`` as a float in (0, 1), or (0, 1] when ``closed_above``; bools and NaN are refused."""
+    real = not isinstance(value, bool) and isinstance(value, numbers.Real)
+    if real and (0 < float(value) < 1 or (closed_above and float(value) == 1)):
+        return float(value)
+    interval = "in (0, 1]" if closed_above else "strictly between 0 and 1"
+    raise ValueError(f"{name} must be a fraction {interval}, got {value!r}; pass e.g. {example}")
 
 
 def check_int(value: Any, *, name: str, minimum: Optional[int] = None, maximum: Optional[int] = None,
@@ -95,6 +106,11 @@ def check_flag(value: Any, *, name: str) -> bool:
         return bool(value)
     raise TypeError(f"{name} must be True or False, got {value!r} of type {type(value).__name__}; pass e.g. "
                     f"{name}=False")
+
+
+def check_optional_count(value: Any, *, name: str) -> Optional[int]:
+    """None (not set) or a positive count that fits int32."""
+    return None if value is None else check_int32_count(value, name=name)
 
 
 def check_max_seqs_per_bin(value: Any) -> Optional[int]:

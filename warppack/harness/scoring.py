@@ -21,7 +21,6 @@ long documents never holds two copies of its ``[tokens, vocab]`` logits.
 
 from __future__ import annotations
 
-import inspect
 import itertools
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -31,6 +30,7 @@ import torch
 from warppack.batch.collator import PackedCollator
 from warppack.engine.options import check_int32_count
 from warppack.engine.plan import plan
+from warppack.model.probe import accepts
 
 __all__ = ["FORWARD_KEYS", "continuation_logprobs", "forward_logits", "score_continuations"]
 
@@ -47,20 +47,18 @@ def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return np.repeat(np.asarray(starts, dtype=np.int64) - (ends - counts), counts) + np.arange(total)
 
 
-def _takes(model: torch.nn.Module, name: str) -> bool:
-    params = inspect.signature(model.forward).parameters
-    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-
-
 def forward_logits(model: torch.nn.Module, batch: Mapping[str, Any],
-                   positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+                   positions: Optional[torch.Tensor] = None, *, keeps_logits: Optional[bool] = None) -> torch.Tensor:
     """``[K, vocab]`` logits of a packed batch at ``positions`` (all ``T`` positions when ``None``).
 
     The LM head only runs at ``positions`` when the model's forward takes ``logits_to_keep`` (every
-    transformers causal LM does); otherwise the full logits are computed and indexed.
+    transformers causal LM does); otherwise the full logits are computed and indexed. ``keeps_logits``
+    says so when the caller knows (a loop over batches asks once), else the signature is read.
     """
     inputs = {key: batch[key] for key in FORWARD_KEYS}
-    keep = {"logits_to_keep": positions} if positions is not None and _takes(model, "logits_to_keep") else {}
+    if keeps_logits is None:
+        keeps_logits = accepts(model, "logits_to_keep")
+    keep = {"logits_to_keep": positions} if positions is not None and keeps_logits else {}
     logits = model(**inputs, use_cache=False, **keep).logits
     logits = logits.reshape(-1, logits.shape[-1])
     if positions is not None and logits.shape[0] != positions.numel():  # the head ran everywhere
@@ -147,6 +145,7 @@ def score_continuations(model: torch.nn.Module, inputs: Sequence[Sequence[int]],
     first = np.cumsum(per_row) - per_row
     device = torch.device(device) if device is not None else next(model.parameters()).device
     collator = PackedCollator()
+    keeps_logits = accepts(model, "logits_to_keep")
     logprob = np.zeros(len(inputs), dtype=np.float64)
     greedy = np.zeros(len(inputs), dtype=bool)
     for batch_rows in _bins(row_len, max_tokens):
@@ -161,7 +160,8 @@ def score_continuations(model: torch.nn.Module, inputs: Sequence[Sequence[int]],
         batch = collator([{"input_ids": rows[r]} for r in batch_rows.tolist()]).to(device)
         with torch.no_grad():
             every = len(positions) == int(row_len[batch_rows].sum())  # rolling windows: no gather needed
-            logits = forward_logits(model, batch, None if every else torch.from_numpy(positions).to(device))
+            logits = forward_logits(model, batch, None if every else torch.from_numpy(positions).to(device),
+                                    keeps_logits=keeps_logits)
             token_logprob, token_greedy = continuation_logprobs(logits, request_rows, targets,
                                                                 softmax_dtype=softmax_dtype)
             # One device sync per batch; the per-request sums run on the host in float64.

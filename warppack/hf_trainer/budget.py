@@ -32,7 +32,7 @@ def sft_max_length(args: Any) -> Optional[Tuple[str, int]]:
         return None
     for field in _SFT_FIELDS:
         value = getattr(args, field, None)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:  # narrows the type, unlike is_int
             return field, value
     return None
 
@@ -57,7 +57,7 @@ def fallback_budget(lengths: np.ndarray, per_device: int, *, configured: Optiona
         length = int(np.quantile(lengths, LENGTH_QUANTILE, method="lower")) if len(lengths) else 1
         origin = f"the {LENGTH_QUANTILE:.0%} quantile of the training lengths (the longest is {int(lengths.max()):,})" \
             if len(lengths) else "no training lengths"
-    step = BUDGET_MULTIPLE * (multiple or 1) // math.gcd(BUDGET_MULTIPLE, multiple or 1)
+    step = math.lcm(BUDGET_MULTIPLE, multiple or 1)
     budget = -(-max(per_device * length, 1) // step) * step
     if budget > INT32_MAX:
         budget = INT32_MAX // step * step

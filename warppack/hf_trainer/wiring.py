@@ -12,10 +12,7 @@ from typing import Any, List, Optional, Tuple
 from warppack.batch.collator import PackedCollator
 from warppack.engine.config import PackingConfig, merge_packing
 
-__all__ = ["COLLATOR_FIELDS", "collator_for", "default_collator", "merged_packing"]
-
-#: The fields of a PackingConfig that a collator's batches depend on.
-COLLATOR_FIELDS = ("max_tokens", "overlong", "pad_to_multiple_of", "static_shape", "max_sequences")
+__all__ = ["collator_for", "default_collator", "merged_packing"]
 
 
 def default_collator(trainer: Any) -> Optional[Tuple[PackedCollator, str]]:
@@ -58,8 +55,8 @@ def collator_for(collator: PackedCollator, packing: PackingConfig) -> PackedColl
     The copy takes ``allow_empty=True``: the packed Trainer's sampler gives a rank ``[]`` where an epoch
     has fewer sequences than ``steps × world size`` slots, and that rank must still run the step.
     """
-    own = collator.packing
-    if collator.allow_empty and all(getattr(own, f) == getattr(packing, f) for f in COLLATOR_FIELDS):
+    # Every field but the strategy shapes a collator's batches.
+    if collator.allow_empty and collator.packing.replace(strategy=packing.strategy) == packing:
         return collator
     return PackedCollator(packing=packing, pad_token_id=collator.pad_token_id, label_pad_id=collator.label_pad_id,
                           pin_memory=collator.pin_memory, skip_empty=collator.skip_empty, allow_empty=True)

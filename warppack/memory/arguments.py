@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import numbers
 from os import PathLike
 from typing import Any, Callable, Mapping, ParamSpec
 
@@ -12,7 +11,7 @@ import torch
 from warppack.batch.collator import PackedCollator
 from warppack.memory.device import DeviceMemory
 
-__all__ = ["LossFn", "check_fraction", "check_objects", "same_arguments"]
+__all__ = ["LossFn", "check_objects", "same_arguments"]
 
 P = ParamSpec("P")
 #: ``loss_fn(model, batch) -> loss`` of a training step.
@@ -31,12 +30,6 @@ def same_arguments(source: Callable[P, Any]) -> Callable[[Callable[..., int]], C
         return function
 
     return decorate
-
-
-def check_fraction(value: Any, name: str, example: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < float(value) < 1:
-        raise ValueError(f"{name} must be a fraction strictly between 0 and 1, got {value!r}; pass e.g. {example}")
-    return float(value)
 
 
 def check_objects(*, model: Any, optimizer: Any, collator: Any, loss_fn: Any, cache_dir: Any, memory: Any) -> None:

@@ -27,13 +27,8 @@ from typing import Any, List, Optional
 import torch
 
 from warppack.batch.collator import PackedCollator
-from warppack.engine.options import check_flag, check_int, check_int32_count
-from warppack.memory.arguments import (
-    LossFn,
-    check_fraction,
-    check_objects,
-    same_arguments,
-)
+from warppack.engine.options import check_flag, check_fraction, check_int, check_int32_count
+from warppack.memory.arguments import LossFn, check_objects, same_arguments
 from warppack.memory.cache import CacheDir, calibration_key, load_budget, store_budget
 from warppack.memory.device import (
     CudaMemory,
@@ -94,8 +89,8 @@ def calibrate(model: torch.nn.Module, *, max_seq_len: int, accelerator: Any = No
                    memory=memory)
     max_seq_len = check_int32_count(max_seq_len, name="max_seq_len")
     short_len = check_int32_count(short_len, name="short_len")
-    headroom = check_fraction(headroom, "headroom", "headroom=0.08 (leave 8% of device memory free)")
-    tolerance = check_fraction(tolerance, "tolerance", "tolerance=0.05 (search to a 5% gap)")
+    headroom = check_fraction(headroom, name="headroom", example="headroom=0.08 (leave 8% of device memory free)")
+    tolerance = check_fraction(tolerance, name="tolerance", example="tolerance=0.05 (search to a 5% gap)")
     # A negative reserve would silently add memory on top of the headroom.
     reserve_bytes = check_int(reserve_bytes, name="reserve_bytes", minimum=0)
     enforce_headroom = check_flag(enforce_headroom, name="enforce_headroom")

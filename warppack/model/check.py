@@ -149,9 +149,10 @@ def check_model(model: torch.nn.Module, *, batch: Optional[Mapping[str, Any]] = 
                 errors[probe.label] = relative_difference(packed, alone)
             leaking = [p for p in probes if errors.get(p.label, 0.0) > rtol]
             if any(p.decisive for p in leaking):
-                found += diagnose_leak(model, seqs, [p for p in leaking if p.decisive], probes, errors, rtol, impl)
+                found += diagnose_leak(model, seqs, alone, [p for p in leaking if p.decisive], probes, errors, rtol,
+                                      impl)
             for form in dict.fromkeys(p.form for p in leaking if not p.decisive):
-                other[form] = diagnose_leak(model, seqs, [p for p in leaking if p.form == form], probes, errors,
+                other[form] = diagnose_leak(model, seqs, alone, [p for p in leaking if p.form == form], probes, errors,
                                             rtol, impl)
     finally:
         model.train(was_training)

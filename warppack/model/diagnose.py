@@ -19,6 +19,7 @@ from warppack.attention.boundaries import is_marker
 from warppack.model.probe import (
     accepts,
     alone_logits,
+    inside,
     mixing_modules,
     names_parameter,
     packed_logits,
@@ -91,11 +92,12 @@ def diagnose_failure(model: torch.nn.Module, error: BaseException, stage: str, i
              "follow the error's own advice if it gives one; otherwise " + UNPACKED.format(name=name))]
 
 
-def diagnose_leak(model: torch.nn.Module, seqs: Sequence[torch.Tensor], leaking: Sequence[Probe],
-                  probes: Sequence[Probe], errors: Mapping[str, float], rtol: float, impl: Optional[str]) -> Diagnoses:
-    """Causes for the probes in ``leaking`` (those whose packed output differed beyond ``rtol``)."""
+def diagnose_leak(model: torch.nn.Module, seqs: Sequence[torch.Tensor], alone: Sequence[torch.Tensor],
+                  leaking: Sequence[Probe], probes: Sequence[Probe], errors: Mapping[str, float], rtol: float,
+                  impl: Optional[str]) -> Diagnoses:
+    """Causes for the probes in ``leaking`` (those whose packed output differed beyond ``rtol`` from
+    ``alone``, the logits of each sequence run alone)."""
     name = type(model).__name__
-    alone = alone_logits(model, seqs)
 
     def passes(keys, use_cache) -> bool:
         return relative_difference(packed_logits(model, seqs, keys, use_cache)[0], alone) <= rtol
@@ -170,10 +172,6 @@ def _cache_diagnosis(model, seqs, leaking, probes, errors, rtol, impl) -> Tuple[
             + (" or use attn_implementation='warppack'" if switchable else ""))
 
 
-def _inside(inner: str, outer: str) -> bool:
-    return inner == outer or outer == "" or inner.startswith(outer + ".")
-
-
 def _module_diagnoses(model, seqs, probe, probes, errors, rtol) -> Diagnoses:
     """The model is on attn_implementation='warppack' and ``probe`` leaks: name the module that mixes."""
     name = type(model).__name__
@@ -188,7 +186,7 @@ def _module_diagnoses(model, seqs, probe, probes, errors, rtol) -> Diagnoses:
             found.append((f"{name} never calls attn_implementation='warppack': {kind} ('{path}') mixes the packed "
                           "sequences on its own (attention that ignores the setting, or a recurrent or convolution "
                           "layer carrying state along the row)", f"none in warppack: {UNPACKED.format(name=name)}"))
-        elif any(_inside(c, path) for c in called):
+        elif any(c == path or inside(c, path) for c in called):
             cu_ok = any("cu_seq_lens_q" in p.keys and p.mode == probe.mode and errors[p.label] <= rtol for p in probes)
             if "cu_seq_lens_q" not in probe.keys and cu_ok:
                 found.append((f"position_ids alone do not reach {kind} ('{path}'): {name} neither passes them to its "

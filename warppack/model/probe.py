@@ -185,8 +185,12 @@ def mixing_modules(model: torch.nn.Module, seqs: Sequence[torch.Tensor], keys: S
                 culprits.append(name)
                 break
     modules = dict(model.named_modules())
-    inside = lambda inner, outer: inner != outer and (outer == "" or inner.startswith(outer + "."))  # noqa: E731
-    return [(n, modules[n]) for n in culprits if not any(inside(o, n) for o in culprits)]
+    return [(n, modules[n]) for n in culprits if not any(o != n and inside(o, n) for o in culprits)]
+
+
+def inside(inner: str, outer: str) -> bool:
+    """Module path ``inner`` lies within ``outer`` (every path lies within the root, ``""``)."""
+    return outer == "" or inner.startswith(outer + ".")
 
 
 def raising_module(model: torch.nn.Module,

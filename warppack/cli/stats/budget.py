@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from warppack.engine.config import split_pieces
 from warppack.engine.options import DEFAULT_BUFFER_SIZE, INT32_MAX
 from warppack.engine.plan import plan
 from warppack.progress import Progress
@@ -25,7 +26,6 @@ __all__ = [
     "SWEEP_SAMPLE",
     "SWEEP_STEPS_BELOW",
     "recommend_budget",
-    "split_pieces",
     "sweep_budgets",
     "sweep_efficiency",
 ]
@@ -42,11 +42,6 @@ MAX_SPLIT_PIECES = 2**26
 def _budget(value: float) -> int:
     """``value`` rounded up to a multiple of ``ROUND_TO``, within the int32 range of cu_seqlens."""
     return min(int(math.ceil(value / ROUND_TO) * ROUND_TO), INT32_MAX)
-
-
-def split_pieces(lengths: np.ndarray, max_tokens: int) -> int:
-    """Sequences that ``overlong="split"`` makes of the (positive) ``lengths`` at ``max_tokens``."""
-    return int(((np.asarray(lengths, dtype=np.int64) + (max_tokens - 1)) // max_tokens).sum())
 
 
 def sweep_budgets(longest: int, given: Optional[int] = None) -> List[int]:
@@ -66,8 +61,11 @@ class BudgetSweep:
 
     budgets: List[int]
     efficiency: Dict[str, List[float]]
-    sampled: int
     sample: np.ndarray = field(repr=False)
+
+    @property
+    def sampled(self) -> int:
+        return len(self.sample)
 
     def to_json(self) -> Dict[str, Any]:
         return {"sampled": self.sampled, "max_tokens": self.budgets, "efficiency": self.efficiency}
@@ -101,7 +99,7 @@ def sweep_efficiency(
             curve.append(float(packed.efficiency))
             if bar is not None:
                 bar.update()
-    return BudgetSweep(budgets=[int(b) for b in budgets], efficiency=efficiency, sampled=len(sample), sample=sample)
+    return BudgetSweep(budgets=[int(b) for b in budgets], efficiency=efficiency, sample=sample)
 
 
 def recommend_budget(

@@ -29,7 +29,7 @@ from warppack.cli.errors import (
     EXIT_USAGE,
     CliError,
 )
-from warppack.cli.options import check_count, check_fraction
+from warppack.cli.options import check_count, check_fraction, check_seed
 
 # The command is this module; the reading, the numbers, the budget sweep and the report each live
 # in their own module and are re-exported here, the names the tests and scripts import.
@@ -95,7 +95,7 @@ def _check_options(args: argparse.Namespace) -> None:
     for flag, value in (("--max-tokens", args.max_tokens), ("--batch-size", args.batch_size),
                         ("--max-length", args.max_length), ("--buffer-size", args.buffer_size)):
         check_count(value, flag=flag, example=8 if flag == "--batch-size" else 8192)
-    check_count(args.seed, flag="--seed", example=0, minimum=0, maximum=2**64 - 1)
+    check_seed(args.seed)
     check_fraction(args.target_efficiency, flag="--target-efficiency", closed_above=True)
 
 

@@ -18,11 +18,11 @@ from warppack.cli.stats.budget import (
     MAX_SPLIT_PIECES,
     BudgetSweep,
     recommend_budget,
-    split_pieces,
     sweep_budgets,
     sweep_efficiency,
 )
 from warppack.cli.stats.refusals import NothingToPack, Overlong, TooManyPieces, check_lengths
+from warppack.engine.config import split_pieces
 from warppack.engine.options import DEFAULT_BUFFER_SIZE, check_int32_count, check_overlong
 from warppack.engine.plan import plan
 from warppack.progress import Progress

@@ -71,7 +71,7 @@ class SamplerConfig:
         if max_tokens is not None:
             check_int32_count(max_tokens)
         check_strategy(strategy)
-        check_overlong(overlong, allowed=("error", "truncate", "split"))
+        check_overlong(overlong)
         if max_seqs_per_bin is not None:
             max_seqs_per_bin = check_max_seqs_per_bin(max_seqs_per_bin)
         merged = merge_packing(

@@ -9,6 +9,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
+from warppack.batch.collator import PackedCollator
 from warppack.distributed import resolve_replicas
 from warppack.engine.config import OverlongCounts, PackingConfig, count_overlong, merge_packing
 from warppack.engine.options import (
@@ -164,16 +165,12 @@ class IterableConfig:
 
 
 def _default_collator(packing: PackingConfig) -> Callable[[List[Any]], Any]:
-    from warppack.batch.collator import PackedCollator
-
     # The stream hands the collator pieces that already fit: a split example arrives as its pieces.
     return PackedCollator(packing=packing.replace(overlong=None if packing.overlong == "split" else packing.overlong))
 
 
 def _check_collator_budget(collator: Any, packing: PackingConfig) -> None:
     """A PackedCollator with its own budget or sequence cap must agree with the dataset's."""
-    from warppack.batch.collator import PackedCollator
-
     if not isinstance(collator, PackedCollator):
         return
     for field, argument in (("max_tokens", "max_tokens"), ("max_sequences", "max_seqs_per_bin")):
