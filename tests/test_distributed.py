@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,18 +11,8 @@ import torch
 import warppack
 from warppack.distributed import resolve_replicas
 
-from support.paths import DIST_SCRIPTS as SCRIPTS
-from support.paths import REPO
-
-
-def torchrun(script: str, nproc: int, out: Path, timeout: int = 420) -> None:
-    """``python -m torch.distributed.run --standalone`` (a free port, no clash with parallel runs)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
-        [str(REPO), os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           str(SCRIPTS / script), str(out)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=str(REPO))
-    assert done.returncode == 0, f"{script} on {nproc} ranks failed:\n{done.stdout[-4000:]}\n{done.stderr[-8000:]}"
+from support.paths import DIST_SCRIPTS
+from support.torchrun import torchrun
 
 
 # -- helpers, one process ----------------------------------------------------------------------
@@ -79,7 +66,7 @@ def test_torchrun_gloo_exactly_once_and_equal_steps(world, tmp_path):
 @pytest.mark.distributed
 @pytest.mark.parametrize("world", [2, 3])
 def test_ddp_training_matches_a_single_process_run(world, tmp_path):
-    sys.path.insert(0, str(SCRIPTS))  # the scripts import their shared module by its bare name
+    sys.path.insert(0, str(DIST_SCRIPTS))  # the scripts import their shared module by its bare name
     from ddp_common import MODEL_KEYS, make_data, make_model
 
     torchrun("ddp_train.py", world, tmp_path)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,8 +18,9 @@ from warppack.memory.calibrate import next_budget, pessimistic_lengths, probe_sc
 from warppack.memory.cache import calibration_key, key_digest
 from warppack.memory.device import DeviceMemory, TrainingSnapshot
 
-from support.paths import DIST_SCRIPTS, REPO, TESTS
+from support.paths import REPO
 from support.simulated_device import SimulatedDevice, ToyLM, adversarial_batches
+from support.torchrun import torchrun
 
 
 def _device(**overrides):
@@ -471,12 +470,7 @@ def test_cache_key_changes_with_each_input():
 # ---- all ranks agree (2 gloo processes) --------------------------------------------------------------
 def _run_two_ranks(script: str, out: Path) -> list:
     """``tests/support/dist_scripts/<script>`` on 2 gloo processes; each rank's ``rank{r}.json``."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS / "support"), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(DIST_SCRIPTS / script), str(out)],
-                          env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    torchrun(script, 2, out)
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
 

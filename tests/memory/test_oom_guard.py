@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -16,8 +13,8 @@ import warppack
 from warppack.memory.device import is_oom_error
 from warppack.memory.oom_guard import split_points
 
-from support.paths import DIST_SCRIPTS, TESTS
 from support.simulated_device import SimulatedDevice, ToyLM
+from support.torchrun import torchrun
 
 LENGTHS = [9, 4, 13, 6, 11, 3, 8]  # all different: a sequence is known by its length
 
@@ -196,12 +193,7 @@ def test_settings_are_validated_and_state_round_trips():
 # ---- lockstep across ranks (2 gloo processes; only rank 1 runs out of memory) ------------------------
 @pytest.mark.distributed
 def test_two_ranks_decide_in_lockstep_when_only_one_runs_out_of_memory(tmp_path):
-    script = DIST_SCRIPTS / "calibrate_oom_guard_ranks.py"
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(TESTS / "support"), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    torchrun("calibrate_oom_guard_ranks.py", 2, tmp_path)
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
     assert r0["ooms"] == 0 and r1["ooms"] >= 1  # only rank 1 ran out of memory...
     assert r0["budgets"] == r1["budgets"] and r0["budgets"][0] is not None  # ...both lowered the budget alike

@@ -1,7 +1,7 @@
 """Two gloo ranks under ``accelerate`` (MULTI_CPU: the prepared model is DDP-wrapped) with different
 simulated memory: the optimizer comes from the accelerator, and both ranks must return one budget.
 
-Run by tests/test_calibration.py through ``torch.distributed.run --nproc_per_node=2``; writes
+Run by tests/memory/test_calibrate.py through ``torch.distributed.run --nproc_per_node=2``; writes
 ``rank{r}.json`` into the folder given as argv[1].
 """
 

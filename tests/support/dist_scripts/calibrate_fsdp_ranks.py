@@ -1,6 +1,6 @@
 """Two gloo ranks calibrating an FSDP2-sharded (``fully_shard``) Llama with different simulated memory.
 
-Run by tests/test_calibration.py through ``torch.distributed.run --nproc_per_node=2``; writes
+Run by tests/memory/test_calibrate.py through ``torch.distributed.run --nproc_per_node=2``; writes
 ``rank{r}.json`` into the folder given as argv[1]: the budget each rank measures alone (an unsharded
 twin, before any process group), the sharded budget, and whether the local shards, gradients and
 optimizer state came back exactly, and the refusal of ``enforce_headroom=True``. The simulated
@@ -11,7 +11,6 @@ rank's OOM mid-forward would leave the other in FSDP's all-gather (docs/calibrat
 import json
 import os
 import sys
-from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -20,6 +19,7 @@ import torch.distributed as dist
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[2])]  # support/, tests/
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import warppack  # noqa: E402
+from gloo_group import end_group, start_group  # noqa: E402
 from calibrate_common import budget_alone, device_of  # noqa: E402
 from ddp_common import make_model  # noqa: E402
 
@@ -27,7 +27,7 @@ out = Path(sys.argv[1])
 rank = int(os.environ["RANK"])
 alone = budget_alone(rank)
 
-dist.init_process_group("gloo", timeout=timedelta(seconds=60))
+start_group()
 from torch.distributed.device_mesh import init_device_mesh  # noqa: E402
 from torch.distributed.fsdp import fully_shard  # noqa: E402
 
@@ -60,4 +60,4 @@ except ValueError as error:
     refused = str(error)
 (out / f"rank{rank}.json").write_text(json.dumps({"alone": alone, "budget": budget, "restored": restored,
                                                   "sharded": type(model).__name__, "refused": refused}))
-dist.destroy_process_group()
+end_group()

@@ -1,6 +1,6 @@
 """Two gloo ranks, DDP, OOMGuard: only rank 1 runs out of memory; both must decide alike.
 
-Run by tests/test_oom_guard.py through ``torch.distributed.run --nproc_per_node=2``; writes
+Run by tests/memory/test_oom_guard.py through ``torch.distributed.run --nproc_per_node=2``; writes
 ``rank{r}.json`` into the folder given as argv[1]: budgets after each step, OOM count, the largest
 difference between the guarded DDP gradients and the average of both ranks' full-batch gradients
 computed without DDP, and the parameters after the optimizer steps.
@@ -8,7 +8,6 @@ computed without DDP, and the parameters after the optimizer steps.
 
 import json
 import sys
-from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -16,10 +15,11 @@ import torch.distributed as dist
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[2])]  # support/, tests/
 import warppack  # noqa: E402
+from gloo_group import end_group, start_group  # noqa: E402
 from simulated_device import SimulatedDevice, ToyLM  # noqa: E402
 
 out = Path(sys.argv[1])
-dist.init_process_group("gloo", timeout=timedelta(seconds=60))
+start_group()
 rank, world = dist.get_rank(), dist.get_world_size()
 torch.manual_seed(0)
 module = ToyLM().double()
@@ -54,4 +54,4 @@ for step in range(3):
 params = [round(p.sum().item(), 12) for p in module.parameters()]
 (out / f"rank{rank}.json").write_text(json.dumps({"budgets": budgets, "ooms": guard.ooms, "steps": step + 1,
                                                    "grad_error": grad_error, "params": params}))
-dist.destroy_process_group()
+end_group()

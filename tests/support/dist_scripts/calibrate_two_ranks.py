@@ -1,11 +1,10 @@
 """Two gloo ranks with different (simulated) device memory must calibrate one budget.
 
-Run by tests/test_calibration.py through ``torch.distributed.run --nproc_per_node=2``; writes
+Run by tests/memory/test_calibrate.py through ``torch.distributed.run --nproc_per_node=2``; writes
 ``rank{r}.json`` into the folder given as argv[1].
 """
 
 import json
-from datetime import timedelta
 import os
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch.distributed as dist
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[2])]  # support/, tests/
 import warppack  # noqa: E402
+from gloo_group import end_group, start_group  # noqa: E402
 from calibrate_common import device_of  # noqa: E402
 from simulated_device import ToyLM  # noqa: E402
 
@@ -28,7 +28,7 @@ kwargs = dict(optimizer=opt, max_seq_len=128, memory=device)
 
 alone = warppack.calibrate_token_budget(model, cache=False, **kwargs)  # before any process group
 
-dist.init_process_group("gloo", timeout=timedelta(seconds=60))
+start_group()
 cache = out / f"cache{rank}"
 budget = warppack.calibrate_token_budget(model, cache_dir=cache, **kwargs)
 dist.barrier()
@@ -42,4 +42,4 @@ else:
 dist.barrier()
 with_cache = warppack.calibrate_token_budget(model, cache_dir=cache, **kwargs)
 (out / f"rank{rank}.json").write_text(json.dumps({"alone": alone, "budget": budget, "with_cache": with_cache}))
-dist.destroy_process_group()
+end_group()

@@ -9,7 +9,6 @@ gradients (before the SGD step).
 """
 
 import sys
-from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -19,9 +18,10 @@ from torch.utils.data import DataLoader
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[2])]  # support/, tests/
 import warppack  # noqa: E402
+from gloo_group import end_group, start_group  # noqa: E402
 from ddp_common import MODEL_KEYS, make_data, make_model  # noqa: E402
 
-dist.init_process_group("gloo", timeout=timedelta(seconds=60))
+start_group()
 rank, world = dist.get_rank(), dist.get_world_size()
 examples, lengths = make_data()
 model = make_model()
@@ -52,5 +52,4 @@ for epoch in range(2):
 
 if rank == 0:
     torch.save({"world": world, "initial": initial, "steps": steps}, Path(sys.argv[1]) / "ddp.pt")
-dist.barrier()
-dist.destroy_process_group()
+end_group()

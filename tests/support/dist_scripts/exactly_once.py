@@ -3,13 +3,12 @@
 Run by tests/test_distributed.py through ``torch.distributed.run --standalone --nproc_per_node=N``;
 writes ``summary.json`` into the folder given as argv[1] (rank 0). Each step all-reduces the batch's
 token count (a stand-in for DDP's gradient all-reduce); a rank with fewer steps would leave the
-others blocked until the 60 s collective timeout. ``all_gather_object`` of the example ids read by
+others blocked until the group's timeout (``gloo_group``). ``all_gather_object`` of the example ids read by
 each rank proves exactly-once.
 """
 
 import json
 import sys
-from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -18,6 +17,7 @@ from torch.utils.data import DataLoader
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[2])]  # support/, tests/
 import warppack  # noqa: E402
+from gloo_group import end_group, start_group  # noqa: E402
 from resume_harness import ListDataset, example_ids, make_examples  # noqa: E402
 
 WORKERS = 2
@@ -56,7 +56,7 @@ def run(name, loader, *, epochs=2, set_epoch, wrap=lambda x: x, expect=None):
     return out
 
 
-dist.init_process_group("gloo", timeout=timedelta(seconds=60))
+start_group()
 rank, world = dist.get_rank(), dist.get_world_size()
 N = 203
 examples, lengths = make_examples(N, seed=11, long_every=41, long_len=700)
@@ -109,5 +109,4 @@ summary["accelerate"] = run("accelerate", prepared, set_epoch=prepared.set_epoch
 
 if rank == 0:
     Path(sys.argv[1], "summary.json").write_text(json.dumps(summary, indent=1))
-dist.barrier()
-dist.destroy_process_group()
+end_group()
