@@ -6,7 +6,8 @@
 Three things a benchmark harness needs, each checked against running the examples one by one:
 
 1. the log-likelihood of every example (perplexity), in the dataset's order;
-2. lm-eval style "loglikelihood" requests: score a continuation given a context;
+2. lm-eval style "loglikelihood" requests: score a continuation given a context (the scorer of
+   warppack's lm-eval backend: each distinct input row once, logits only where they are read);
 3. embeddings pooled per sequence from the packed hidden states.
 
 Without --model the model is a small random Llama config and the tokens are bytes of the Python
@@ -104,9 +105,8 @@ def main(argv=None) -> int:
 
     # 3. Embeddings: mean-pool the last hidden states of each sequence of a packed batch.
     batch = warppack.PackedCollator(args.max_tokens)(examples[:4]).to(device)
-    inputs = {k: v for k, v in batch.items() if k not in ("labels", "seq_idx")}
     with torch.no_grad():
-        hidden = model(**inputs, output_hidden_states=True, use_cache=False).hidden_states[-1]
+        hidden = model(**batch.model_inputs(), output_hidden_states=True, use_cache=False).hidden_states[-1]
         embeddings = warppack.pool_sequences(hidden, batch["cu_seq_lens_q"], num_sequences=batch.num_sequences)
         alone = model(input_ids=torch.tensor([examples[0]["input_ids"]], device=device),
                       output_hidden_states=True, use_cache=False).hidden_states[-1][0].mean(0)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import warppack
+from warppack.batch.packed import MODEL_KEYS
 
 from .arms import Arm, chunks, packed_sampler
 from .data import load_lengths
@@ -34,15 +35,13 @@ from .runner import free_memory, peak_of, sample_positions, timed_windows, to_de
 from .targets import padding_removal_target
 from .tokens import TokenDataset, stdlib_tokens, tokenized_stdlib
 
-PACKED_KEYS = ("input_ids", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
-
 
 def score_step(model: Any, inputs: Any) -> torch.Tensor:
     """Summed NLL per sequence (all sequences' sums added up, so nothing waits for the host)."""
     with torch.no_grad():
         packed = "cu_seq_lens_q" in inputs
         if packed:
-            kw = {k: inputs[k] for k in PACKED_KEYS}
+            kw = {k: inputs[k] for k in MODEL_KEYS}
         else:
             kw = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
         logits = model(**kw, use_cache=False).logits
@@ -64,7 +63,7 @@ def fidelity_check(model: Any, ds: TokenDataset, lengths: np.ndarray, device: to
     model.set_attn_implementation("warppack")
     batch = to_device(warppack.PackedCollator(int(sum(int(lengths[i]) for i in idx)))(examples), device)
     with torch.no_grad():
-        logits = model(**{k: batch[k] for k in PACKED_KEYS}, use_cache=False).logits.float()
+        logits = model(**batch.model_inputs(), use_cache=False).logits.float()
     nll = F.cross_entropy(logits[0, :-1], batch["labels"][0, 1:], ignore_index=-100, reduction="none")
     seg = batch["seq_idx"][0, 1:].long()
     packed = torch.zeros(len(idx), device=nll.device).index_add_(0, seg.clamp_min(0), nll * (seg >= 0))

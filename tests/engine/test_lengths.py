@@ -81,7 +81,7 @@ def test_arrow_columns_of_any_list_kind_and_of_lengths():
     assert lengths_of(table).tolist() == [2, 2]
     assert lengths_of(table, column="large").tolist() == [1, 3]
     assert lengths_of(table, column="length").tolist() == [5, 9]
-    with pytest.raises(TypeError, match=r"column 'text' holds string, not lists of integer token ids.*tokenize"):
+    with pytest.raises(TypeError, match=r"column 'text' holds text \(string\), not lists of integer token ids.*tokenize"):
         lengths_of(table, column="text")
     with pytest.raises(TypeError, match=r"column 'words' holds list<item: string>"):
         lengths_of(table, column="words")

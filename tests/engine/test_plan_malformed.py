@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import warppack
 from warppack import lengths_of, plan
+from warppack.engine.options import index_past_int64
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -136,3 +137,19 @@ def test_plan_of_malformed_lengths_names_the_fix():
         plan([[1, 2], [3]], 16)
     with pytest.raises(TypeError, match=r"lengths\[0\] = \[1, 2\].*warppack\.lengths_of"):
         warppack.PackedBatchSampler([[1, 2], [3]], 16)
+
+
+@pytest.mark.parametrize("values, index", [
+    ([1, 2**63, 2**64 - 1, 3], 2), ([2**63], 0), ([1, 2**63 - 1], None), ([], None),
+])
+def test_plan_and_lengths_of_find_values_past_int64_by_one_rule(values, index):
+    array = np.array(values, dtype=np.uint64)
+    assert index_past_int64(array) == index
+    assert index_past_int64(array.astype(np.int64)) is None  # no other dtype can hold such a value
+    if index is None:
+        return
+    shown = rf"\[{index}\] = {values[index]} overflows int64"
+    with pytest.raises(ValueError, match=rf"lengths{shown}"):
+        plan(array, 16)
+    with pytest.raises(ValueError, match=rf"data{shown}"):
+        lengths_of(array)

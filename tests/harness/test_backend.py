@@ -96,13 +96,6 @@ def _run(arguments, *, timeout=600):
                           timeout=timeout)
 
 
-def test_importing_registers_the_name_and_keeps_the_built_in_ones():
-    done = _run(["-c", "import warppack.harness\nfrom lm_eval.api.registry import get_model\n"
-                       "print(get_model('warppack').__name__, get_model('hf').__name__)"])
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["WarpPackLM", "HFLM"]
-
-
 def _typed(row: dict, *, text: bool) -> dict:
     """A logged sample with its responses as Python values again (lm-eval writes them as strings)."""
     if not text:

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 import warppack
 from warppack import PackedIterableDataset
+from warppack.engine.config import count_overlong
 
 from support.resume_harness import (IterableSession, StatefulDataLoader, check_resume, check_skip_first_batches, example_ids,
                             iterable_stateful_session, make_examples)
@@ -428,6 +429,21 @@ def test_resume_every_boundary_stateful_dataloader_persistent_workers_over_epoch
     check_resume(lambda: iterable_stateful_session(examples, max_tokens=256, num_workers=2, persistent_workers=True,
                                                    buffer_size=6, lengths=lengths, shuffle=True, seed=2),
                  epochs=3, boundaries=[0, 1, 5, 13, 20], epochs_differ=True)
+
+
+@settings(max_examples=40, deadline=None)
+@given(lengths=st.lists(st.integers(1, 40), min_size=1, max_size=12), max_tokens=st.integers(1, 16),
+       overlong=st.sampled_from(["truncate", "split"]))
+def test_a_streams_overlong_report_is_count_overlong_of_what_it_read(lengths, max_tokens, overlong):
+    """Counted one example at a time, the stream reports what count_overlong says of all the lengths at once."""
+    expected = count_overlong(np.asarray(lengths, dtype=np.int64), max_tokens, overlong)
+    ds = warppack.PackedIterableDataset([{"input_ids": [1] * n} for n in lengths], max_tokens, overlong=overlong,
+                                        num_workers=0)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        list(ds)
+    reports = [str(w.message).split(": ", 1)[1] for w in seen if "are longer than max_tokens" in str(w.message)]
+    assert reports == ([] if expected is None else [expected.message("owner").split(": ", 1)[1]])
 
 
 @pytest.mark.parametrize("overlong, cut", [("truncate", "6 of 31 tokens"), ("split", "22 of 31 tokens")])

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import warppack
-from support.models import tiny_model
+from support.models import QWEN2_VL, tiny_model
 
 transformers = pytest.importorskip("transformers")
 
@@ -114,13 +114,7 @@ def test_careless_arguments_get_clear_errors(model, kwargs, error, match):
 # ---- every input form, and true fixes -------------------------------------------------------------------------------
 def _qwen2_vl():
     """Multimodal RoPE: 2-D position_ids alone cannot reach the text attention (transformers expects [4, B, T])."""
-    text = dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, pad_token_id=0,
-                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]})
-    vision = dict(depth=1, embed_dim=32, hidden_size=32, num_heads=4, patch_size=14, spatial_merge_size=2,
-                  temporal_patch_size=2, in_channels=3, mlp_ratio=2)
-    config = transformers.Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=97, video_token_id=96,
-                                        vision_start_token_id=95, attn_implementation="warppack")
+    config = transformers.Qwen2VLConfig(**QWEN2_VL, attn_implementation="warppack")
     torch.manual_seed(0)
     return transformers.Qwen2VLForConditionalGeneration(config).eval()
 

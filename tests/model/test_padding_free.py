@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import warppack
+from support.models import MROPE_TEXT, QWEN2_VL, VL_TOKEN_IDS
 
 transformers = pytest.importorskip("transformers")
 from transformers import CONFIG_MAPPING, DataCollatorWithFlattening  # noqa: E402
@@ -53,12 +54,6 @@ _MAMBA2 = dict(mamba_n_heads=4, mamba_d_head=16, mamba_n_groups=1, mamba_d_state
 _MLA = dict(num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8, v_head_dim=8,
             qk_nope_head_dim=8, head_dim=8, n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1,
             moe_intermediate_size=16, index_topk=4, index_head_dim=16, index_n_heads=2, first_k_dense_replace=1)
-_MROPE_TEXT = dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                   num_key_value_heads=2, pad_token_id=0,
-                   rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]})
-_VISION = dict(depth=1, embed_dim=32, hidden_size=32, num_heads=4, patch_size=14, spatial_merge_size=2,
-               temporal_patch_size=2, in_channels=3, mlp_ratio=2)
-_VL_IDS = dict(image_token_id=97, video_token_id=96, vision_start_token_id=95)
 _OMNI_VISION = dict(depth=1, hidden_size=32, intermediate_size=37, num_heads=4, out_hidden_size=32, patch_size=14,
                     spatial_merge_size=2, temporal_patch_size=2, fullatt_block_indexes=[0], window_size=28)
 _AUDIO = dict(num_mel_bins=16, encoder_layers=1, encoder_attention_heads=4, encoder_ffn_dim=37, d_model=32,
@@ -105,13 +100,12 @@ FAMILIES: Dict[str, Family] = {
         text_config=dict(vocab_size=99, embed_dim=32, ffn_dim=37, layers=2, attention_heads=4, pad_token_id=0),
         vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4,
                            head_dim=8), latent_query_num=4)),
-    "qwen2_vl": Family("qwen2_vl", "Qwen2VLForConditionalGeneration",
-                       dict(text_config=_MROPE_TEXT, vision_config=_VISION, **_VL_IDS), mrope=True),
+    "qwen2_vl": Family("qwen2_vl", "Qwen2VLForConditionalGeneration", QWEN2_VL, mrope=True),
     "qwen2_5_vl": Family("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", dict(
-        text_config=_MROPE_TEXT, vision_config=dict(depth=1, hidden_size=32, intermediate_size=37, num_heads=4,
-                                                    out_hidden_size=32, patch_size=14, spatial_merge_size=2,
-                                                    temporal_patch_size=2, window_size=28, fullatt_block_indexes=[0]),
-        **_VL_IDS), mrope=True),
+        text_config=MROPE_TEXT, vision_config=dict(depth=1, hidden_size=32, intermediate_size=37, num_heads=4,
+                                                   out_hidden_size=32, patch_size=14, spatial_merge_size=2,
+                                                   temporal_patch_size=2, window_size=28, fullatt_block_indexes=[0]),
+        **VL_TOKEN_IDS), mrope=True),
     "cohere_compass": Family("cohere_compass", "CohereCompassForConditionalGeneration", dict(
         text_config=dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, bos_token_id=1,
@@ -126,10 +120,10 @@ FAMILIES: Dict[str, Family] = {
         vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4,
                            patch_size=14), image_token_id=97)),
     "qwen2_5_omni": Family("qwen2_5_omni_thinker", "Qwen2_5OmniThinkerForConditionalGeneration", dict(
-        text_config=_MROPE_TEXT, vision_config=_OMNI_VISION, audio_config=_AUDIO, image_token_index=97,
+        text_config=MROPE_TEXT, vision_config=_OMNI_VISION, audio_config=_AUDIO, image_token_index=97,
         video_token_index=96, audio_token_index=95, vision_start_token_id=94, audio_start_token_id=93), mrope=True),
     "qwen3_omni_moe": Family("qwen3_omni_moe_thinker", "Qwen3OmniMoeThinkerForConditionalGeneration", dict(
-        text_config=dict(_MROPE_TEXT, head_dim=8, **_MOE),
+        text_config=dict(MROPE_TEXT, head_dim=8, **_MOE),
         vision_config=dict(depth=1, hidden_size=32, intermediate_size=37, num_heads=4, out_hidden_size=32,
                            patch_size=14, spatial_merge_size=2, temporal_patch_size=2, deepstack_visual_indexes=[0]),
         audio_config=dict(_AUDIO, downsample_hidden_size=8, n_window=50, n_window_infer=100), image_token_id=97,

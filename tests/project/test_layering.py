@@ -12,7 +12,7 @@ PACKAGE = Path(warppack.__file__).resolve().parent
 
 # Bottom to top; a module may import its own layer (without cycles) and any layer below it.
 LAYERS = [
-    ("warppack._version", "warppack._packer", "warppack.progress"),
+    ("warppack._version", "warppack._packer", "warppack.import_hooks", "warppack.progress"),
     ("warppack.engine",),
     ("warppack.batch",),
     ("warppack.distributed",),

@@ -55,6 +55,17 @@ FAMILIES = {
 }
 
 
+#: Qwen2-VL at toy size: multimodal RoPE (``mrope_section``) text, a one-block vision tower, its special tokens.
+#: ``MROPE_TEXT`` and ``VL_TOKEN_IDS`` serve its relatives (Qwen2.5-VL, the Omni thinkers) too.
+MROPE_TEXT = dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, pad_token_id=0,
+                  rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]})
+VL_TOKEN_IDS = dict(image_token_id=97, video_token_id=96, vision_start_token_id=95)
+QWEN2_VL = dict(text_config=MROPE_TEXT, vision_config=dict(
+    depth=1, embed_dim=32, hidden_size=32, num_heads=4, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
+    in_channels=3, mlp_ratio=2), **VL_TOKEN_IDS)
+
+
 def tiny_model(family: str, *, attn_implementation: str = "warppack", seed: int = 0, **overrides):
     """A random-init fp32 model of ``family`` in eval mode with ``attn_implementation`` set."""
     import warppack  # noqa: F401  (registers attn_implementation="warppack")

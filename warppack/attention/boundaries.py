@@ -32,11 +32,10 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import torch
 
-from warppack.attention.dispatch import compiling
-from warppack.attention.exact import HostCache
+from warppack.attention.host import TensorCache, compiling, host_offsets
 
-_posid_cache = HostCache()  # cu_seqlens found in position_ids, once per forward (every layer asks)
-_total_q, _total_k = HostCache(), HostCache()  # the token count a cu_seqlens tensor covers, once per tensor
+# The cu_seqlens found in position_ids, once per position_ids tensor (every layer of a forward asks).
+_posid_cache: TensorCache[Optional[torch.Tensor]] = TensorCache()
 
 
 class Rows(NamedTuple):
@@ -62,8 +61,15 @@ def is_marker(mask: Any) -> bool:
     return isinstance(mask, PackedRows)
 
 
-def _cu_from_starts(starts: torch.Tensor) -> torch.Tensor:
+def _packed_cu(starts: torch.Tensor) -> Optional[torch.Tensor]:
+    """int32 offsets of the sequences flagged in ``starts`` [B, L], or None when every row holds one.
+
+    Every row starts a sequence at its first token, so a row holds more than one exactly when there are
+    more than B starts: the offsets' own length says so, without reading a flag back to the host.
+    """
     idx = starts.reshape(-1).nonzero().flatten()
+    if idx.numel() <= starts.shape[0]:
+        return None
     return torch.cat([idx, idx.new_tensor([starts.numel()])]).to(torch.int32)
 
 
@@ -77,7 +83,8 @@ def _starts_from_positions(position_ids: torch.Tensor, batch: int) -> torch.Tens
 def _marker(starts: torch.Tensor) -> Optional[PackedRows]:
     if compiling():
         return PackedRows(starts=starts)
-    return PackedRows(cu=_cu_from_starts(starts)) if bool(starts[:, 1:].any()) else None
+    cu = _packed_cu(starts)
+    return None if cu is None else PackedRows(cu=cu)
 
 
 def packed_marker(mask_function: Callable, batch: int, length: int, device) -> Optional[PackedRows]:
@@ -130,14 +137,9 @@ def _from_position_ids(position_ids: Any, batch: int, length: int) -> Optional[R
     """Rows where positions restart; None for one sequence per row."""
     if not isinstance(position_ids, torch.Tensor) or position_ids.dim() != 2 or position_ids.shape[-1] != length:
         return None
-    starts = _starts_from_positions(position_ids, batch)
     if compiling():
-        return Rows(starts=starts)
-
-    def host(_):
-        return _cu_from_starts(starts) if bool(starts[:, 1:].any()) else None
-
-    cu = _posid_cache.get(position_ids, host)
+        return Rows(starts=_starts_from_positions(position_ids, batch))
+    cu = _posid_cache.get((position_ids,), lambda: _packed_cu(_starts_from_positions(position_ids, batch)), batch)
     return None if cu is None else Rows(cu, cu)
 
 
@@ -145,14 +147,11 @@ def _from_marker(marker: PackedRows) -> Rows:
     return Rows(starts=marker.starts) if marker.cu is None else Rows(marker.cu, marker.cu)
 
 
-def _covered(cu: torch.Tensor, cache: HostCache) -> int:
-    return cache.get(cu, lambda t: int(t.reshape(-1)[-1]))
-
-
 def _check_covers(module: Any, rows: Rows, tokens_q: int, tokens_k: int, source: str) -> None:
     if compiling() or rows.cu_q is None or rows.cu_k is None:
         return  # compiled graphs cannot read the tensors; the kernels' shapes then catch gross mismatches
-    got_q, got_k = _covered(rows.cu_q, _total_q), _covered(rows.cu_k, _total_k)
+    # The whole offsets, not just their end: the layer's attention reads them next from the same cache.
+    got_q, got_k = (host_offsets(rows.cu_q) or [0])[-1], (host_offsets(rows.cu_k) or [0])[-1]
     if got_q != tokens_q or got_k != tokens_k:
         raise ValueError(
             f"warppack: {type(module).__name__} received {source} covering {got_q} query and {got_k} key "

@@ -19,13 +19,13 @@ layers find their boundaries in ``warppack.attention.boundaries``).
 
 from __future__ import annotations
 
-import weakref
-from typing import Any, Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
 from warppack.attention import kernels
 from warppack.attention.exact import exact_block_diagonal, exact_segments
+from warppack.attention.host import TensorCache, checked_offsets, compiling
 from warppack.attention.registry import ORDER, Layer, choose
 
 #: Every kernel name, in the automatic order (``set_attention_backend`` takes these).
@@ -58,11 +58,6 @@ def set_attention_backend(name: Optional[str]) -> None:
                          "to let warppack choose")
     _state["forced"] = name
     _state["last"] = None
-
-
-def compiling() -> bool:
-    fn = getattr(torch.compiler, "is_compiling", None) or getattr(torch._dynamo, "is_compiling", None)
-    return bool(fn and fn())
 
 
 def _record(name: str) -> None:
@@ -119,60 +114,48 @@ def varlen_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
         max_q = int(query.shape[0] if max_seqlen_q is None else max_seqlen_q)
         max_k = int(key.shape[0] if max_seqlen_k is None else max_seqlen_k)
     else:  # eager: empty segments dropped, real longest segment; once per cu tensor, not per layer
-        cu_q, cu_k, max_q, max_k = _tight.get(cu_seqlens_q, cu_k, query, key)
+        cu_q, cu_k, max_q, max_k = _tight_segments(cu_seqlens_q, cu_k, query, key)
     return kernels.run(name, query, key, value, cu_q, cu_k, max_q, max_k, causal=causal, scale=scale,
                        window=sliding_window, softcap=softcap, dropout=dropout, sinks=sinks)
 
 
-class _TightSegments:
+#: (cu_q, cu_k, k is q, max_q, max_k) trimmed; None stands for the input tensor itself, so that the
+#: cache never keeps a batch's buffer alive.
+_Tight = Tuple[Optional[torch.Tensor], Optional[torch.Tensor], bool, int, int]
+_tight: TensorCache[_Tight] = TensorCache()
+
+
+def _tight_segments(cu_q: torch.Tensor, cu_k: torch.Tensor, query: torch.Tensor,
+                    key: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, int, int]:
     """Eager fused path: cu_seqlens without empty segments and the real longest segment, per (cu_q, cu_k).
 
     The fused kernels launch ``segments x ceil(max_seqlen / block) x heads`` blocks (and size backward
     buffers by them): a static_shape batch (max_length = the whole budget, hundreds of empty tail
-    segments) launched ~1000x more blocks than needed, in every layer, forward and backward. One host
-    read of cu_seqlens per batch (every layer passes the same tensors; cached on their identity and
-    version) gives the tight values; the kernels' autograd saves them, so backward needs nothing more.
+    segments) launched ~1000x more blocks than needed, in every layer, forward and backward. The
+    offsets every layer shares (``host_offsets``, one read per batch) give the tight values, computed
+    once per batch too; the kernels' autograd saves them, so backward needs nothing more.
     """
-
-    def __init__(self) -> None:
-        self._refs: Optional[tuple] = None
-        self._versions: Optional[tuple] = None
-        self._value: Any = None
-
-    def get(self, cu_q, cu_k, query, key):
-        if (self._refs is not None and self._refs[0]() is cu_q and self._refs[1]() is cu_k
-                and self._versions == (cu_q._version, cu_k._version)
-                and self._value[0].device == query.device):
-            return self._value
-        both = cu_q if cu_k is cu_q else torch.stack([cu_q.reshape(-1), cu_k.reshape(-1).to(cu_q.dtype)])
-        host = both.tolist()  # the one device->host read per batch
-        hq, hk = (host, host) if cu_k is cu_q else host
-        if hq[0] != 0 or hk[0] != 0 or hq[-1] != query.shape[0] or hk[-1] != key.shape[0] or len(hq) != len(hk):
-            raise ValueError(
-                f"cu_seqlens must run from 0 to the token count: got {hq[0]}..{hq[-1]} for {query.shape[0]} "
-                f"query tokens and {hk[0]}..{hk[-1]} for {key.shape[0]} key tokens; pass the "
-                "cu_seq_lens_q/k of the same PackedBatch as input_ids")
-        keep = [0] + [i for i in range(1, len(hq)) if hq[i] != hq[i - 1] or hk[i] != hk[i - 1]]
-        if len(keep) == 1:
-            keep.append(len(hq) - 1)  # no tokens at all: one empty segment keeps the kernels' shapes valid
-        tq, tk = [hq[i] for i in keep], [hk[i] for i in keep]
-        max_q = max(max(b - a for a, b in zip(tq[:-1], tq[1:])), 1)
-        max_k = max(max(b - a for a, b in zip(tk[:-1], tk[1:])), 1)
-        dev = query.device
-        if len(keep) == len(hq) and cu_q.device == dev and cu_q.dtype == torch.int32:
-            new_q = cu_q  # nothing dropped: no copy
-        else:
-            new_q = torch.tensor(tq, dtype=torch.int32, device=dev)
-        if cu_k is cu_q or tk == tq:
-            new_k = new_q
-        elif len(keep) == len(hk) and cu_k.device == dev and cu_k.dtype == torch.int32:
-            new_k = cu_k
-        else:
-            new_k = torch.tensor(tk, dtype=torch.int32, device=dev)
-        self._refs, self._versions = (weakref.ref(cu_q), weakref.ref(cu_k)), (cu_q._version, cu_k._version)
-        self._value = (new_q, new_k, max_q, max_k)
-        return self._value
+    new_q, new_k, same, max_q, max_k = _tight.get((cu_q, cu_k), lambda: _trim(cu_q, cu_k, query, key),
+                                                  query.device)
+    tight_q = cu_q if new_q is None else new_q
+    tight_k = tight_q if same else (cu_k if new_k is None else new_k)
+    return tight_q, tight_k, max_q, max_k
 
 
-_tight = _TightSegments()
+def _trim(cu_q: torch.Tensor, cu_k: torch.Tensor, query: torch.Tensor, key: torch.Tensor) -> _Tight:
+    hq, hk = checked_offsets(cu_q, cu_k, query.shape[0], key.shape[0])
+    keep = [0] + [i for i in range(1, len(hq)) if hq[i] != hq[i - 1] or hk[i] != hk[i - 1]]
+    if len(keep) == 1:
+        keep.append(len(hq) - 1)  # no tokens at all: one empty segment keeps the kernels' shapes valid
+    tq, tk = [hq[i] for i in keep], [hk[i] for i in keep]
+    max_q = max(max(b - a for a, b in zip(tq[:-1], tq[1:])), 1)
+    max_k = max(max(b - a for a, b in zip(tk[:-1], tk[1:])), 1)
 
+    def trimmed(cu: torch.Tensor, offsets: List[int]) -> Optional[torch.Tensor]:
+        if len(keep) == len(hq) and cu.device == query.device and cu.dtype == torch.int32:
+            return None  # nothing dropped: no copy
+        return torch.tensor(offsets, dtype=torch.int32, device=query.device)
+
+    if cu_k is cu_q or tk == tq:
+        return trimmed(cu_q, tq), None, True, max_q, max_k
+    return trimmed(cu_q, tq), trimmed(cu_k, tk), False, max_q, max_k

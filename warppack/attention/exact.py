@@ -7,10 +7,10 @@ packed rows match each sequence run alone to float rounding.
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 import torch.nn.functional as F
+
+from warppack.attention.host import checked_offsets
 
 
 def repeat_heads(x: torch.Tensor, n: int, dim: int) -> torch.Tensor:
@@ -48,32 +48,9 @@ def attend(q, k, v, *, mask, causal, scale, window, softcap, dropout, sinks):
     return torch.matmul(probs.to(v.dtype), v)
 
 
-class HostCache:
-    """cu_seqlens as a Python list, computed once per tensor (every layer passes the same object)."""
-
-    def __init__(self):
-        self._ref, self._version, self._value = None, None, None
-
-    def get(self, t: torch.Tensor, fn):
-        if self._ref is not None and self._ref() is t and self._version == t._version:
-            return self._value
-        value = fn(t)
-        self._ref, self._version, self._value = weakref.ref(t), t._version, value
-        return value
-
-
-_cu_host, _cu_host_k = HostCache(), HostCache()
-
-
 def exact_segments(q, k, v, cu_q, cu_k, **kw):
-    # One host read of cu_seqlens per batch (cached), then SDPA on each non-empty segment.
-    starts_q = _cu_host.get(cu_q, lambda t: [int(x) for x in t.tolist()])
-    starts_k = starts_q if cu_k is cu_q else _cu_host_k.get(cu_k, lambda t: [int(x) for x in t.tolist()])
-    if starts_q[0] != 0 or starts_q[-1] != q.shape[0] or starts_k[-1] != k.shape[0]:
-        raise ValueError(
-            f"cu_seqlens must run from 0 to the token count: got {starts_q[0]}..{starts_q[-1]} for "
-            f"{q.shape[0]} query tokens and ..{starts_k[-1]} for {k.shape[0]} key tokens; pass the "
-            "cu_seq_lens_q/k of the same PackedBatch as input_ids")
+    # cu_seqlens read on the host once per batch (shared with every layer), then SDPA per non-empty segment.
+    starts_q, starts_k = checked_offsets(cu_q, cu_k, q.shape[0], k.shape[0])
     outs = []
     for s, e, sk, ek in zip(starts_q[:-1], starts_q[1:], starts_k[:-1], starts_k[1:]):
         if e > s:  # zero-length segments (static-shape tail) have nothing to compute

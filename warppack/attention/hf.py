@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import importlib.abc
 import importlib.util
-import sys
 from typing import Any, Iterator, List, cast
 
 import torch
@@ -23,8 +21,10 @@ from warppack.attention import (
 )
 from warppack.attention import kernels
 from warppack.attention.boundaries import find_rows, is_marker, model_position_ids, packed_marker
-from warppack.attention.dispatch import compiling, varlen_attention
+from warppack.attention.dispatch import varlen_attention
 from warppack.attention.exact import attend
+from warppack.attention.host import compiling
+from warppack.import_hooks import call_after_import
 
 _recorders: List[List[Any]] = []
 
@@ -171,57 +171,12 @@ def register_attention() -> None:
     _register_mask(masking_utils)
 
 
-class _AfterImport(importlib.abc.MetaPathFinder):
-    """Runs a callback right after a named module finishes importing, then steps aside.
-
-    Importing transformers' modeling utilities costs seconds, so ``import warppack`` does not do it:
-    the registration happens when the user's own code imports them.
-    """
-
-    def __init__(self, callbacks):
-        self.callbacks = callbacks
-
-    def find_spec(self, name, path, target=None):
-        callback = self.callbacks.pop(name, None)
-        if callback is None:
-            return None
-        if not self.callbacks and self in sys.meta_path:
-            sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)  # the real finders (this one no longer matches the name)
-        if spec is None or spec.loader is None:
-            return spec
-        spec.loader = _ThenCall(spec.loader, callback)
-        return spec
-
-
-class _ThenCall(importlib.abc.Loader):
-    def __init__(self, loader, callback):
-        self.loader, self.callback = loader, callback
-
-    def __getattr__(self, name):  # get_source, get_filename, ... for inspect and linecache
-        return getattr(self.loader, name)
-
-    def create_module(self, spec):
-        return self.loader.create_module(spec)
-
-    def exec_module(self, module):
-        self.loader.exec_module(module)
-        self.callback(module)
-
-
 def _register_on_import() -> None:
     """Register now, or as soon as transformers is imported (never imports it itself)."""
     if importlib.util.find_spec("transformers") is None:
         return
-    pending = {}
-    for name, callback in (("transformers.modeling_utils", _register_function),
-                           ("transformers.masking_utils", _register_mask)):
-        if name in sys.modules:
-            callback(sys.modules[name])
-        else:
-            pending[name] = callback
-    if pending:
-        sys.meta_path.insert(0, _AfterImport(pending))
+    call_after_import("transformers.modeling_utils", _register_function)
+    call_after_import("transformers.masking_utils", _register_mask)
 
 
 # Importing warppack makes attn_implementation="warppack" available wherever transformers is used.

@@ -32,6 +32,7 @@ from warppack.attention.capabilities import (
     route_mismatch,
 )
 from warppack.attention.exact import repeat_heads
+from warppack.attention.host import compiling
 from warppack.attention.registry import (
     ALL_FEATURES,
     DROPOUT,
@@ -139,8 +140,7 @@ def entry(name: str) -> Any:
     """What was found of fused kernel ``name`` (None when absent), looking flash-attn-4 up on first use."""
     table = found()
     if name not in table:  # flash_attn_4: its import loads the CuTe DSL, seconds
-        compiling = getattr(torch.compiler, "is_compiling", lambda: False)()
-        table[name] = (torch.compiler.disable(_find_flash_attn_4) if compiling else _find_flash_attn_4)()
+        table[name] = (torch.compiler.disable(_find_flash_attn_4) if compiling() else _find_flash_attn_4)()
     return table[name]
 
 

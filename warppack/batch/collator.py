@@ -15,11 +15,10 @@ from warppack import _packer
 from warppack.batch.packed import BufferLayout, PackedBatch
 from warppack.batch.pool import BufferPool
 from warppack.engine.config import PackingConfig, merge_packing
-from warppack.engine.options import check_flag, check_int, check_optional_count
+from warppack.engine.options import INT64_MAX, check_flag, check_int, check_optional_count, index_past_int64
 
 __all__ = ["PackedCollator", "as_token_array", "empty_step"]
 
-_INT64_MAX = np.iinfo(np.int64).max
 # The layout writer reads these in place (and widens while copying); others are converted once.
 _ENGINE_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
 _DICT = {dict}
@@ -69,9 +68,10 @@ def as_token_array(value: Any, *, index: int, field: str) -> np.ndarray:
             f"{_where(index, field)} has shape {array.shape}; each example must be one 1-D "
             f"sequence. Pass unbatched examples (e.g. ids[0] or tokenizer(..., return_tensors=None))"
         )
-    if array.dtype == np.uint64 and array.size and array.max() > _INT64_MAX:
+    high = index_past_int64(array)
+    if high is not None:
         raise ValueError(
-            f"{_where(index, field)} holds {int(array.max())}, which overflows the int64 output; "
+            f"{_where(index, field)} holds {int(array[high])}, which overflows the int64 output; "
             f"token ids must be below 2**63"
         )
     if array.dtype not in _ENGINE_DTYPES or not array.flags.c_contiguous:
@@ -185,8 +185,8 @@ class PackedCollator:
     ) -> None:
         max_tokens = check_optional_count(max_tokens, name="max_tokens")
         # The layout writer stores ids as int64: a larger id would fail at every batch instead of here.
-        self.pad_token_id = check_int(pad_token_id, name="pad_token_id", minimum=0, maximum=2**63 - 1)
-        self.label_pad_id = check_int(label_pad_id, name="label_pad_id", minimum=-(2**63), maximum=2**63 - 1,
+        self.pad_token_id = check_int(pad_token_id, name="pad_token_id", minimum=0, maximum=INT64_MAX)
+        self.label_pad_id = check_int(label_pad_id, name="label_pad_id", minimum=-INT64_MAX - 1, maximum=INT64_MAX,
                                       example=-100)
         pad_to_multiple_of = check_optional_count(pad_to_multiple_of, name="pad_to_multiple_of")
         static_shape = check_flag(static_shape, name="static_shape")

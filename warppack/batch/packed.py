@@ -7,12 +7,14 @@ from typing import Any, Dict, List, Optional, Union
 
 import torch
 
-__all__ = ["PackedBatch", "BufferLayout", "unpack", "TENSOR_KEYS"]
+__all__ = ["BufferLayout", "MODEL_KEYS", "PackedBatch", "TENSOR_KEYS", "unpack"]
 
 #: Keys holding tensors, in buffer order; the int keys follow.
 TENSOR_KEYS = ("input_ids", "labels", "position_ids", "seq_idx", "cu_seq_lens_q", "cu_seq_lens_k")
 _INT_KEYS = ("max_length_q", "max_length_k")
 _KEYS = (*TENSOR_KEYS, *_INT_KEYS)
+#: The keys a model's forward reads: all but ``labels`` (the loss's) and ``seq_idx`` (per-sequence bookkeeping).
+MODEL_KEYS = tuple(key for key in _KEYS if key not in ("labels", "seq_idx"))
 
 
 class BufferLayout:
@@ -171,6 +173,10 @@ class PackedBatch(Mapping):
         if "_data" in state and (name in _KEYS or (state["_data"] is not None and name in state["_data"])):
             return self._items()[name]
         raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    def model_inputs(self) -> Dict[str, Any]:
+        """What ``model(**...)`` takes: the ``MODEL_KEYS`` and any key set on the batch (``use_cache``)."""
+        return {key: value for key, value in self._items().items() if key in MODEL_KEYS or key not in _KEYS}
 
     # -- statistics --------------------------------------------------------------------------
     @property

@@ -21,7 +21,8 @@ from warppack.engine.options import (
     check_strategy,
 )
 
-__all__ = ["OverlongCounts", "PackingConfig", "check_multiple", "count_overlong", "merge_packing", "split_pieces"]
+__all__ = ["OverlongCounts", "PackingConfig", "check_multiple", "count_overlong", "merge_packing", "split_pieces",
+           "tally_overlong"]
 
 
 def check_multiple(max_tokens: Optional[int], multiple: Optional[int]) -> None:
@@ -164,14 +165,23 @@ def count_overlong(lengths: np.ndarray, max_tokens: int, overlong: str) -> Optio
     if overlong not in ("truncate", "split") or not len(lengths):
         return None
     longer = lengths[lengths > max_tokens].astype(np.int64)
-    if not len(longer):
+    pieces = len(longer) if overlong == "truncate" else split_pieces(longer, max_tokens)
+    return tally_overlong(overlong, max_tokens, examples=len(lengths), tokens=int(lengths.sum(dtype=np.int64)),
+                          longer=len(longer), longer_tokens=int(longer.sum()), pieces=pieces)
+
+
+def tally_overlong(overlong: str, max_tokens: int, *, examples: int, tokens: int, longer: int, longer_tokens: int,
+                   pieces: int) -> Optional[OverlongCounts]:
+    """The counts from sums kept as examples go by (a stream meets them one at a time); None when nothing is cut.
+
+    ``examples`` and ``tokens`` count all of them; ``longer``, ``longer_tokens`` and ``pieces`` the examples
+    longer than ``max_tokens``, their tokens and the sequences ``overlong`` makes of them.
+    """
+    if overlong not in ("truncate", "split") or not longer:
         return None
-    if overlong == "truncate":
-        tokens, pieces = int((longer - max_tokens).sum()), len(longer)
-    else:
-        tokens, pieces = int(longer.sum()), split_pieces(longer, max_tokens)
-    return OverlongCounts(policy=overlong, max_tokens=max_tokens, examples=len(longer), tokens=tokens, pieces=pieces,
-                          total_examples=len(lengths), total_tokens=int(lengths.sum(dtype=np.int64)))
+    affected = longer_tokens - longer * max_tokens if overlong == "truncate" else longer_tokens
+    return OverlongCounts(policy=overlong, max_tokens=max_tokens, examples=longer, tokens=affected, pieces=pieces,
+                          total_examples=examples, total_tokens=tokens)
 
 
 def split_pieces(lengths: np.ndarray, max_tokens: int) -> int:

@@ -7,11 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from warppack.engine.options import is_int
+from warppack.engine.options import index_past_int64, is_int
 
-__all__ = ["MissingColumnError", "lengths_of"]
+__all__ = ["MissingColumnError", "column_lengths", "lengths_of"]
 
-_INT64_MAX = np.iinfo(np.int64).max
+_COLUMN_HINT = "lengths_of(data, column=...)"
 _SEQUENCE_TYPES = (list, tuple)
 
 
@@ -92,8 +92,8 @@ def _array_lengths(array: np.ndarray, name: str) -> np.ndarray:
     if array.size and array.dtype.kind == "i" and array.min() < 0:
         low = int(np.argmin(array))
         raise ValueError(f"{name}[{low}] = {int(array[low])} is negative; lengths are token counts >= 0")
-    if array.size and array.dtype.kind == "u" and array.max() > _INT64_MAX:
-        high = int(np.argmax(array))
+    high = index_past_int64(array)
+    if high is not None:
         raise ValueError(
             f"{name}[{high}] = {int(array[high])} overflows int64; token counts must be below 2**63"
         )
@@ -104,7 +104,7 @@ def _is_arrow(obj: Any) -> bool:
     return type(obj).__module__.startswith("pyarrow")
 
 
-def _arrow_lengths(column: Any, name: str) -> np.ndarray:
+def _arrow_lengths(column: Any, name: str, column_hint: str = _COLUMN_HINT) -> np.ndarray:
     """Lengths of an Arrow column (Array or ChunkedArray): list offsets, or integers as lengths."""
     import pyarrow as pa
 
@@ -121,9 +121,11 @@ def _arrow_lengths(column: Any, name: str) -> np.ndarray:
         return _array_lengths(np.asarray(column), name)
     is_list = pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
     if not is_list or not (pa.types.is_integer(kind.value_type) or pa.types.is_null(kind.value_type)):
-        text = pa.types.is_string(kind) or pa.types.is_large_string(kind)
-        fix = "tokenize the text first" if text else "pass the column of token ids (lengths_of(data, column=...))"
-        raise TypeError(f"{name} holds {kind}, not lists of integer token ids (nor integer lengths); {fix}")
+        other = f"pass the column of token ids ({column_hint})"
+        if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            raise TypeError(f"{name} holds text ({kind}), not lists of integer token ids (nor integer lengths); "
+                            f"tokenize the text first (e.g. datasets' map with your tokenizer), or {other}")
+        raise TypeError(f"{name} holds {kind}, not lists of integer token ids (nor integer lengths); {other}")
     if pa.types.is_fixed_size_list(kind):
         return np.full(len(column), kind.list_size, dtype=np.int64)
     chunks = column.chunks if hasattr(column, "chunks") else [column]
@@ -132,8 +134,31 @@ def _arrow_lengths(column: Any, name: str) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
-def _missing(column: str, where: str, names: Any) -> MissingColumnError:
-    return MissingColumnError(f"column {column!r} not in {where}; it has {list(names)}; pass column=...")
+def _is_dataset(data: Any) -> bool:
+    """A HF ``datasets.Dataset``: an Arrow table plus an optional indices mapping."""
+    return hasattr(data, "_indices") and hasattr(data, "column_names") and hasattr(data, "data")
+
+
+def column_lengths(data: Any, column: str, *, column_hint: str = _COLUMN_HINT) -> np.ndarray:
+    """Token counts of ``column`` of a HF ``datasets.Dataset`` or a ``pyarrow`` Table or RecordBatch.
+
+    Read from the column's Arrow list offsets (no loop over rows; a dataset's ``select``/``shuffle``
+    view is honoured); an integer column is taken as the lengths themselves. A column that is
+    missing or holds no token ids raises a KeyError/TypeError/ValueError naming it, whose fix names
+    another column the way ``column_hint`` says (a CLI passes its flag).
+    """
+    dataset = _is_dataset(data)
+    if column not in data.column_names:
+        raise _missing(column, "the dataset" if dataset else "the table", data.column_names, column_hint)
+    table = data.data if dataset else data
+    lengths = _arrow_lengths(table.column(column), f"column {column!r}", column_hint)
+    if dataset and data._indices is not None:
+        lengths = lengths[np.asarray(data._indices.column(0).to_numpy(), dtype=np.int64)]
+    return lengths
+
+
+def _missing(column: str, where: str, names: Any, column_hint: str = _COLUMN_HINT) -> MissingColumnError:
+    return MissingColumnError(f"column {column!r} not in {where}; it has {list(names)}; pass {column_hint}")
 
 
 def lengths_of(data: Any, column: str = "input_ids") -> np.ndarray:
@@ -153,19 +178,8 @@ def lengths_of(data: Any, column: str = "input_ids") -> np.ndarray:
     if not isinstance(column, str):
         raise TypeError(f"column must be the name of the field of token ids, got {column!r}; pass e.g. "
                         f"column='input_ids'")
-    # HF datasets.Dataset: Arrow table plus an optional indices mapping.
-    if hasattr(data, "_indices") and hasattr(data, "column_names") and hasattr(data, "data"):
-        if column not in data.column_names:
-            raise _missing(column, "the dataset", data.column_names)
-        lengths = _arrow_lengths(data.data.column(column), f"column {column!r}")
-        if data._indices is not None:
-            indices = np.asarray(data._indices.column(0).to_numpy(), dtype=np.int64)
-            lengths = lengths[indices]
-        return lengths
-    if _is_arrow(data) and hasattr(data, "column_names"):  # a Table or RecordBatch
-        if column not in data.column_names:
-            raise _missing(column, "the table", data.column_names)
-        return _arrow_lengths(data.column(column), f"column {column!r}")
+    if _is_dataset(data) or (_is_arrow(data) and hasattr(data, "column_names")):  # or a Table or RecordBatch
+        return column_lengths(data, column)
     if _is_arrow(data) and hasattr(data, "type") and hasattr(data, "null_count"):  # an Array or ChunkedArray
         return _arrow_lengths(data, "data")
     if hasattr(data, "detach") and hasattr(data, "cpu"):  # a torch tensor of lengths

@@ -13,6 +13,7 @@ import numpy as np
 __all__ = [
     "DEFAULT_BUFFER_SIZE",
     "INT32_MAX",
+    "INT64_MAX",
     "OVERLONG_POLICIES",
     "STRATEGIES",
     "check_choice",
@@ -25,6 +26,7 @@ __all__ = [
     "check_overlong",
     "check_seed",
     "check_strategy",
+    "index_past_int64",
     "is_int",
 ]
 
@@ -32,11 +34,23 @@ STRATEGIES = {"bfd": 0, "ffd": 1, "online": 2}
 OVERLONG_POLICIES = {"error": 0, "truncate": 1, "split": 2}
 DEFAULT_BUFFER_SIZE = 1024
 INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
 
 
 def is_int(value: Any) -> bool:
     """An integer that is not a bool (``True`` is an ``int`` to Python but never a count here)."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def index_past_int64(array: np.ndarray) -> Optional[int]:
+    """Where an integer array holds a value int64 cannot: the index of its largest value, or None.
+
+    Only uint64 can (numpy's other integer dtypes all fit); the array is read once when nothing is past.
+    The bound is a uint64 too: numpy 1.x compares uint64 with a Python int as float64, where 2**63 == 2**63 - 1.
+    """
+    if array.dtype != np.uint64 or not array.size or array.max() <= np.uint64(INT64_MAX):
+        return None
+    return int(np.argmax(array))
 
 
 def check_fraction(value: Any, *, name: str, example: str, closed_above: bool = False) -> float:

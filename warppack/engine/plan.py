@@ -10,14 +10,13 @@ import numpy as np
 
 from warppack import _packer
 from warppack.engine.options import (
-    DEFAULT_BUFFER_SIZE, OVERLONG_POLICIES, STRATEGIES, check_flag, check_int32_count, check_max_seqs_per_bin,
-    check_overlong, check_seed, check_strategy, is_int,
+    DEFAULT_BUFFER_SIZE, INT64_MAX, OVERLONG_POLICIES, STRATEGIES, check_flag, check_int32_count,
+    check_max_seqs_per_bin, check_overlong, check_seed, check_strategy, index_past_int64, is_int,
 )
 
 __all__ = ["Plan", "as_lengths_array", "plan"]
 
 _ENGINE_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
-_INT64_MAX = np.iinfo(np.int64).max
 
 
 def _not_lengths(got: str) -> TypeError:
@@ -46,7 +45,7 @@ def _overflow(index: int, value: Any) -> ValueError:
 def _out_of_range(values: Any) -> Optional[ValueError]:
     """The error for Python ints that fit no int64 (numpy made floats or objects of them), if any."""
     for index, value in enumerate(values):
-        if is_int(value) and not -_INT64_MAX - 1 <= int(value) <= _INT64_MAX:
+        if is_int(value) and not -INT64_MAX - 1 <= int(value) <= INT64_MAX:
             return _overflow(index, value)
     return None
 
@@ -92,8 +91,8 @@ def as_lengths_array(lengths: Any) -> np.ndarray:
             f"lengths must be integer token counts, got dtype {array.dtype} (e.g. {array[0]!r}); pass "
             f"np.asarray(lengths, dtype=np.int64) if they are whole numbers"
         )
-    if array.dtype == np.uint64 and array.max() > _INT64_MAX:
-        high = int(np.argmax(array))
+    high = index_past_int64(array)
+    if high is not None:
         raise _overflow(high, array[high])
     if array.dtype not in _ENGINE_DTYPES:
         array = array.astype(np.int64)

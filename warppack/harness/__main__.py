@@ -8,13 +8,14 @@ Every argument is lm-eval's (``run``, ``ls``, ``validate`` and the legacy form w
 
 from lm_eval.__main__ import cli_evaluate
 
-import warppack.harness  # noqa: F401  (registers --model warppack before lm-eval resolves the name)
+from warppack.harness.registration import register
 
 __all__ = ["main"]
 
 
 def main() -> None:
     """Run lm-eval's command line (``sys.argv``) with the warppack backend available."""
+    register()  # before lm-eval resolves the name
     cli_evaluate()
 
 

@@ -23,8 +23,8 @@ from tqdm import tqdm
 from warppack.attention.hf import register_attention
 from warppack.harness.budget import evaluation_token_budget
 from warppack.harness.encoding import batches_exactly, encode_pairs, encode_texts
-from warppack.harness.scoring import score_continuations
 from warppack.model.check import check_model
+from warppack.model.continuations import score_continuations
 
 __all__ = ["WarpPackLM"]
 

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from warppack.engine.options import check_int32_count
-from warppack.harness.scoring import continuation_logprobs, forward_logits
 from warppack.memory.calibrate import calibrate_token_budget
 from warppack.memory.device import DeviceMemory
+from warppack.model.continuations import continuation_logprobs, forward_logits
 
 __all__ = ["evaluation_step", "evaluation_token_budget"]
 

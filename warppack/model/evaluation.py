@@ -2,9 +2,11 @@
 
 ``evaluate_packed`` plans bins with ``warppack.plan`` (no ``drop_last``, no truncation), runs the
 model over each packed batch, splits the outputs per sequence and puts every result back at its
-example's index. ``score_sequences`` is the default per-sequence scorer (summed log-likelihood of the
-label tokens and whether each was the argmax), so lm-eval's "loglikelihood" requests (context +
-continuation, score only the continuation) are one call to ``loglikelihood``:
+example's index. ``score_sequences`` is its default per-sequence scorer (summed log-likelihood of the
+label tokens and whether each was the argmax); ``pool_sequences`` pools embeddings through the same
+loop. lm-eval's "loglikelihood" requests (context + continuation, score only the continuation) are
+one call to ``loglikelihood``, which scores them with ``score_continuations`` (continuations.py):
+each distinct input row once, the LM head only where a continuation is read:
 
 >>> import torch, transformers, warppack
 >>> config = transformers.LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32,
@@ -14,18 +16,19 @@ continuation, score only the continuation) are one call to ``loglikelihood``:
 >>> scores = warppack.loglikelihood(model, [([5, 6, 7], [8]), ([9], [10, 11])], max_tokens=16)
 >>> [round(logprob, 1) <= 0 for logprob, is_greedy in scores]
 [True, True]
-
-Embedding-style pooling uses the same loop with another scorer (see ``pool_sequences``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, NamedTuple, Optional, Sequence
+from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 
 from warppack.batch.collator import PackedCollator
+from warppack.batch.packed import PackedBatch
+from warppack.engine.options import check_int32_count
 from warppack.engine.plan import plan
+from warppack.model.continuations import score_continuations
 
 _MISSING = object()
 
@@ -97,7 +100,8 @@ def _default_score(outputs, batch) -> List[SequenceScore]:
 
 
 def evaluate_packed(model, examples: Sequence[Any], *, max_tokens: int,
-                    score_fn: Optional[Callable[[Any, Any], Sequence[Any]]] = None, collator=None,
+                    score_fn: Optional[Callable[[Any, Any], Sequence[Any]]] = None,
+                    collator: Optional[Callable[[List[Any]], PackedBatch]] = None,
                     forward_kwargs: Optional[dict] = None, device=None, strategy: str = "bfd") -> list:
     """Run ``model`` over ``examples`` packed under ``max_tokens``; one result per example, in order.
 
@@ -120,8 +124,7 @@ def evaluate_packed(model, examples: Sequence[Any], *, max_tokens: int,
         for bin_ in plan(lengths, max_tokens, strategy=strategy).bins:
             indices = bin_.tolist()
             batch = collator([examples[i] for i in indices]).to(device)
-            inputs = {k: v for k, v in batch.items() if k not in ("labels", "seq_idx")}
-            scores = list(score_fn(model(**inputs, **forward_kwargs), batch))
+            scores = list(score_fn(model(**batch.model_inputs(), **forward_kwargs), batch))
             if len(scores) != len(indices):
                 raise RuntimeError(f"score_fn returned {len(scores)} results for a batch of {len(indices)} "
                                    "sequences; return one per real sequence (use batch.num_sequences)")
@@ -135,17 +138,56 @@ def evaluate_packed(model, examples: Sequence[Any], *, max_tokens: int,
     return results
 
 
-def loglikelihood_example(context: Sequence[int], continuation: Sequence[int]) -> dict:
-    """One example scoring ``continuation`` given ``context`` (lm-eval's "loglikelihood" request)."""
-    context, continuation = [int(t) for t in context], [int(t) for t in continuation]
+def _request_tokens(context: Sequence[int], continuation: Sequence[int], *,
+                    where: str = "") -> Tuple[List[int], List[int]]:
+    try:
+        if isinstance(context, (str, bytes)) or isinstance(continuation, (str, bytes)):
+            raise TypeError
+        context, continuation = [int(t) for t in context], [int(t) for t in continuation]
+    except (TypeError, ValueError):
+        raise TypeError(f"{where}context and continuation must be sequences of token ids, got {context!r:.60} and "
+                        f"{continuation!r:.60}; tokenize the text first (tokenizer(text)['input_ids'])") from None
     if not context or not continuation:
         raise ValueError(
-            f"a loglikelihood request needs a non-empty context and continuation (got {len(context)} and "
+            f"{where}a loglikelihood request needs a non-empty context and continuation (got {len(context)} and "
             f"{len(continuation)} tokens); as lm-eval does, use [eot_token_id] as the context of an empty one")
+    return context, continuation
+
+
+def loglikelihood_example(context: Sequence[int], continuation: Sequence[int]) -> dict:
+    """One example scoring ``continuation`` given ``context`` (lm-eval's "loglikelihood" request)."""
+    context, continuation = _request_tokens(context, continuation)
     return {"input_ids": context + continuation, "labels": [-100] * len(context) + continuation}
 
 
-def loglikelihood(model, requests: Sequence[tuple], *, max_tokens: int, **kwargs) -> List[tuple]:
-    """``[(logprob, is_greedy)]`` for ``(context_ids, continuation_ids)`` requests, in request order."""
-    examples = [loglikelihood_example(context, continuation) for context, continuation in requests]
-    return [(s.logprob, s.is_greedy) for s in evaluate_packed(model, examples, max_tokens=max_tokens, **kwargs)]
+def loglikelihood(model: torch.nn.Module, requests: Sequence[Tuple[Sequence[int], Sequence[int]]], *,
+                  max_tokens: int, device: Union[str, torch.device, None] = None,
+                  softmax_dtype: Optional[torch.dtype] = torch.float32,
+                  progress: Optional[Callable[[int], Any]] = None) -> List[Tuple[float, bool]]:
+    """``[(logprob, is_greedy)]`` for ``(context_ids, continuation_ids)`` requests, in request order.
+
+    Scored by ``score_continuations`` on the input rows ``(context + continuation)[:-1]``: requests
+    with the same row share one sequence of a batch, the LM head runs only at continuation
+    positions, and the log-softmax is taken in ``softmax_dtype`` (``None``: the logits' dtype). A
+    request of more than ``max_tokens`` tokens (context + continuation) raises. ``progress(n)`` is
+    called after each batch with the number of requests it answered.
+    """
+    max_tokens = check_int32_count(max_tokens)
+    inputs: List[List[int]] = []
+    continuations: List[List[int]] = []
+    for index, request in enumerate(requests):
+        try:
+            context, continuation = request
+        except (TypeError, ValueError):
+            raise TypeError(f"request {index} is {request!r:.80}; pass each request as a (context_ids, "
+                            "continuation_ids) pair") from None
+        context, continuation = _request_tokens(context, continuation, where=f"request {index}: ")
+        if len(context) + len(continuation) > max_tokens:
+            raise ValueError(
+                f"request {index} has {len(context)} context and {len(continuation)} continuation tokens, more than "
+                f"max_tokens={max_tokens}; requests are scored whole: raise max_tokens or cut the context from the "
+                "left yourself (as lm-eval does at the model's max_length)")
+        inputs.append((context + continuation)[:-1])
+        continuations.append(continuation)
+    return score_continuations(model, inputs, continuations, max_tokens=max_tokens, device=device,
+                               softmax_dtype=softmax_dtype, progress=progress)

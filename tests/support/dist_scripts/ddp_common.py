@@ -3,8 +3,9 @@
 import numpy as np
 import torch
 
-#: The PackedBatch keys the model takes (labels go to the loss, outside the model).
-MODEL_KEYS = ("input_ids", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+from warppack.batch.packed import MODEL_KEYS  # the PackedBatch keys the model takes (labels go to the loss)
+
+__all__ = ["MODEL_KEYS", "make_data", "make_model"]
 
 
 def make_data(n: int = 45, seed: int = 0):

@@ -22,7 +22,7 @@ from warppack.cli.errors import (
     EXIT_USAGE,
     CliError,
 )
-from warppack.engine.lengths import lengths_of
+from warppack.engine.lengths import column_lengths
 from warppack.progress import Progress
 
 __all__ = ["LoadedLengths", "load_lengths"]
@@ -54,70 +54,23 @@ def _require_pyarrow() -> Any:
     return pyarrow
 
 
-def _describe_type(arrow_type: Any) -> str:
-    return str(arrow_type).replace("item: ", "")
-
-
-def _column_lengths(
-    column_type: Any, get_lengths: Any, get_values: Any, column: str, source: str, rows: int
-) -> Tuple[np.ndarray, List[str]]:
-    """Lengths of one Arrow column after checking that it holds token ids (or lengths)."""
-    pa = _require_pyarrow()
-    types = pa.types
-    notes: List[str] = []
-    if types.is_list(column_type) or types.is_large_list(column_type) or types.is_fixed_size_list(column_type):
-        value_type = column_type.value_type
-        if not (types.is_integer(value_type) or types.is_null(value_type)):  # null: only empty lists seen
-            raise CliError(
-                f"column {column!r} of {source} holds {_describe_type(column_type)}, not lists of token "
-                f"ids; pass --column with the token ids (e.g. input_ids)",
-                EXIT_BAD_COLUMN,
-            )
-        if types.is_fixed_size_list(column_type):
-            return np.full(rows, column_type.list_size, dtype=np.int64), notes
-        try:
-            return np.asarray(get_lengths(), dtype=np.int64), notes
-        except ValueError as error:  # null rows
-            raise CliError(f"column {column!r} of {source}: {error}", EXIT_BAD_COLUMN) from None
-    if types.is_integer(column_type):
-        values = get_values()
-        if values.null_count:
-            raise CliError(
-                f"column {column!r} of {source} has {values.null_count} null rows; fill or drop them",
-                EXIT_BAD_COLUMN,
-            )
+def _column_lengths(data: Any, schema: Any, column: str, source: str) -> Tuple[np.ndarray, List[str]]:
+    """Lengths of ``column`` of a Table or a Dataset (whose Arrow ``schema`` is given), read by the engine."""
+    if column not in data.column_names:
+        raise _missing_column(column, source, list(data.column_names))
+    try:
+        lengths = column_lengths(data, column, column_hint="--column NAME")
+    except (TypeError, ValueError) as error:
+        raise CliError(f"{source}: {error}", EXIT_BAD_COLUMN) from None
+    notes = []
+    if _require_pyarrow().types.is_integer(schema.field(column).type):
         notes.append(f"column {column!r} holds integers: taken as the lengths of the examples")
-        return np.asarray(values.to_numpy(), dtype=np.int64), notes
-    if types.is_string(column_type) or types.is_large_string(column_type):
-        raise CliError(
-            f"column {column!r} of {source} holds text, not token ids; tokenize first (datasets' map "
-            f"with your tokenizer) or pass --column with token ids or a column of lengths",
-            EXIT_BAD_COLUMN,
-        )
-    raise CliError(
-        f"column {column!r} of {source} holds {_describe_type(column_type)}, not token ids; pass "
-        f"--column with lists of token ids or integer lengths",
-        EXIT_BAD_COLUMN,
-    )
+    return lengths, notes
 
 
 def _missing_column(column: str, source: str, names: List[str]) -> CliError:
     return CliError(
         f"column {column!r} not in {source}; it has {names}; pass --column NAME", EXIT_BAD_COLUMN
-    )
-
-
-def _from_table(table: Any, column: str, source: str) -> Tuple[np.ndarray, List[str]]:
-    if column not in table.column_names:
-        raise _missing_column(column, source, list(table.column_names))
-    chunked = table.column(column)
-    return _column_lengths(
-        table.schema.field(column).type,
-        lambda: lengths_of(chunked),
-        lambda: chunked,
-        column,
-        source,
-        table.num_rows,
     )
 
 
@@ -154,18 +107,7 @@ def _load_datasets_folder(path: Path, column: str, split: Optional[str]) -> Load
             notes.append(f"--split {split!r} ignored: {path} holds a single Dataset")
         dataset = loaded
     source = f"{path}" + (f" [{split}]" if isinstance(loaded, datasets.DatasetDict) else "")
-    if column not in dataset.column_names:
-        raise _missing_column(column, source, list(dataset.column_names))
-    column_type = dataset.data.schema.field(column).type
-    if getattr(dataset, "_indices", None) is not None:
-        def values() -> Any:
-            return dataset.data.column(column).take(dataset._indices.column(0))
-    else:
-        def values() -> Any:
-            return dataset.data.column(column)
-    lengths, column_notes = _column_lengths(
-        column_type, lambda: lengths_of(dataset, column), values, column, source, len(dataset)
-    )
+    lengths, column_notes = _column_lengths(dataset, dataset.data.schema, column, source)
     return LoadedLengths(lengths, str(path), "datasets", column, notes + column_notes)
 
 
@@ -186,7 +128,7 @@ def _load_parquet(path: Path, column: str) -> LoadedLengths:
             tables.append(parquet.read_row_group(group, columns=[column]))
             bar.update()
     table = pa.concat_tables(tables) if tables else parquet.schema_arrow.empty_table().select([column])
-    lengths, notes = _from_table(table, column, str(path))
+    lengths, notes = _column_lengths(table, table.schema, column, str(path))
     return LoadedLengths(lengths, str(path), "parquet", column, notes)
 
 
@@ -209,7 +151,7 @@ def _load_arrow(path: Path, column: str) -> LoadedLengths:
         raise CliError(
             f"cannot read {path} as an Arrow IPC file or stream: {errors[-1]}", EXIT_BAD_PATH
         )
-    lengths, notes = _from_table(table, column, str(path))
+    lengths, notes = _column_lengths(table, table.schema, column, str(path))
     return LoadedLengths(lengths, str(path), "arrow", column, notes)
 
 
@@ -235,7 +177,7 @@ def _load_jsonl(path: Path, column: str) -> LoadedLengths:
             EXIT_BAD_PATH,
         ) from None
     table = pa.Table.from_batches(batches, schema=pa.schema([schema.field(column)]))
-    lengths, notes = _from_table(table, column, str(path))
+    lengths, notes = _column_lengths(table, table.schema, column, str(path))
     return LoadedLengths(lengths, str(path), "jsonl", column, notes)
 
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from warppack import _packer
 from warppack.batch.collator import empty_step
-from warppack.engine.config import OverlongCounts
+from warppack.engine.config import tally_overlong
 from warppack.loaders.state import Generation, OneThread, SavedFields
 from warppack.loaders.stream.saved import state_fields
 from warppack.loaders.stream.shards import owned_count, shard_span
@@ -111,7 +111,7 @@ class Stream(Iterator[Any]):
         self.empties_target = empties_target
         # Without lengths= nobody knows the data's lengths in advance: this shard counts what its
         # policy truncates or splits and says so when its pass has read everything.
-        self._read_counts = [0, 0, 0, 0, 0]  # examples, tokens, longer examples, their affected tokens, pieces
+        self._read_counts = [0, 0, 0, 0, 0]  # examples, tokens; longer examples, their tokens, their pieces
         self.one_thread = OneThread("PackedIterableDataset")
         if resume is not None:
             self._restore(resume)
@@ -173,8 +173,9 @@ class Stream(Iterator[Any]):
             return False
         position = self._position(self.cursor)
         n = self._length(example, position)
-        self._count(n)
-        for start, size in _pieces(n, self.budget.max_tokens, self.budget.overlong, position):
+        pieces = _pieces(n, self.budget.max_tokens, self.budget.overlong, position)
+        self._count(n, len(pieces))
+        for start, size in pieces:
             key = self.next_key
             self.next_key += 1
             self.pieces[key] = (position, start, size)
@@ -185,21 +186,21 @@ class Stream(Iterator[Any]):
         self.cursor += 1
         return True
 
-    def _count(self, n: int) -> None:
-        counts, budget = self._read_counts, self.budget.max_tokens
+    def _count(self, n: int, pieces: int) -> None:
+        counts = self._read_counts
         counts[0] += 1
         counts[1] += n
-        if n > budget and self.budget.overlong in ("truncate", "split"):
+        if n > self.budget.max_tokens:  # truncated or split: _pieces refused it under "error"
             counts[2] += 1
-            counts[3] += n - budget if self.budget.overlong == "truncate" else n
-            counts[4] += 1 if self.budget.overlong == "truncate" else -(-n // budget)
+            counts[3] += n
+            counts[4] += pieces
 
     def _report_overlong(self) -> None:
-        examples, tokens, longer, affected, pieces = self._read_counts
-        if self.lengths is not None or not longer:
+        examples, tokens, longer, longer_tokens, pieces = self._read_counts
+        counts = tally_overlong(self.budget.overlong, self.budget.max_tokens, examples=examples, tokens=tokens,
+                                longer=longer, longer_tokens=longer_tokens, pieces=pieces)
+        if self.lengths is not None or counts is None:
             return  # with lengths= the dataset reported the whole epoch before it started
-        counts = OverlongCounts(policy=self.budget.overlong, max_tokens=self.budget.max_tokens, examples=longer,
-                                tokens=affected, pieces=pieces, total_examples=examples, total_tokens=tokens)
         warnings.warn(counts.message(f"PackedIterableDataset, epoch {self.epoch}, rank {self.rank}, worker "
                                      f"{self.worker}"), stacklevel=3)
 

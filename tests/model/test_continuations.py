@@ -1,4 +1,4 @@
-"""``score_continuations``: the packed scorer behind ``--model warppack`` (no lm-eval needed).
+"""``score_continuations``: the packed scorer behind ``warppack.loglikelihood`` and ``--model warppack``.
 
 Against each request scored alone, on real transformers models; and, as a property over random
 request sets, against a pure-Python reference on a model without attention (whose logits depend
@@ -18,8 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import warppack
-from warppack.harness import scoring
-from warppack.harness.scoring import score_continuations
+from warppack.model import continuations as scorer
+from warppack.model.continuations import score_continuations
 
 transformers = pytest.importorskip("transformers")
 from support.models import tiny_model  # noqa: E402
@@ -70,7 +70,7 @@ def test_chunked_log_softmax_gives_the_same_scores(monkeypatch):
     model = tiny_model("llama")
     rows, continuations = requests_for(model, 12, seed=1)
     whole = score_continuations(model, rows, continuations, max_tokens=64)
-    monkeypatch.setattr(scoring, "_CHUNK_ELEMENTS", 3 * 96)  # three logits rows per log-softmax
+    monkeypatch.setattr(scorer, "_CHUNK_ELEMENTS", 3 * 96)  # three logits rows per log-softmax
     assert score_continuations(model, rows, continuations, max_tokens=64) == whole
 
 

@@ -1,15 +1,16 @@
 """Packed scoring of continuations: every distinct input row once, one forward per packed batch.
 
 A request is an *input row* (the tokens the model reads) and the *continuation* its last positions
-predict: lm-eval's ``(context + continuation)[:-1]`` and ``continuation``. Requests with the same
-input row share one sequence of a batch (lm-eval's Hugging Face backend shares them the same way,
-as its logits cache), the rows are packed under a token budget by ``warppack.plan``, and only the
+predict: lm-eval's ``(context + continuation)[:-1]`` and ``continuation``; ``warppack.loglikelihood``
+and the lm-eval backend (``--model warppack``) both score here. Requests with the same input row
+share one sequence of a batch (lm-eval's Hugging Face backend shares them the same way, as its
+logits cache), the rows are packed under a token budget by ``warppack.plan``, and only the
 positions that predict a continuation token go through the LM head (``logits_to_keep``). Index
 bookkeeping is numpy over whole batches; the log-softmax runs over row chunks so that a batch of
 long documents never holds two copies of its ``[tokens, vocab]`` logits.
 
 >>> import torch, transformers, warppack
->>> from warppack.harness.scoring import score_continuations
+>>> from warppack.model.continuations import score_continuations
 >>> config = transformers.LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32,
 ...     num_hidden_layers=1, num_attention_heads=2)
 >>> model = transformers.LlamaForCausalLM(config).eval()
@@ -28,14 +29,13 @@ import numpy as np
 import torch
 
 from warppack.batch.collator import PackedCollator
+from warppack.batch.packed import MODEL_KEYS
 from warppack.engine.options import check_int32_count
 from warppack.engine.plan import plan
 from warppack.model.probe import accepts
 
-__all__ = ["FORWARD_KEYS", "continuation_logprobs", "forward_logits", "score_continuations"]
+__all__ = ["continuation_logprobs", "forward_logits", "score_continuations"]
 
-#: The packed batch keys a forward reads (labels and seq_idx stay on the host side of scoring).
-FORWARD_KEYS = ("input_ids", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 _CHUNK_ELEMENTS = 2**26  # logits entries per log-softmax chunk (256 MiB in fp32)
 
 
@@ -55,7 +55,7 @@ def forward_logits(model: torch.nn.Module, batch: Mapping[str, Any],
     transformers causal LM does); otherwise the full logits are computed and indexed. ``keeps_logits``
     says so when the caller knows (a loop over batches asks once), else the signature is read.
     """
-    inputs = {key: batch[key] for key in FORWARD_KEYS}
+    inputs = {key: batch[key] for key in MODEL_KEYS}
     if keeps_logits is None:
         keeps_logits = accepts(model, "logits_to_keep")
     keep = {"logits_to_keep": positions} if positions is not None and keeps_logits else {}
