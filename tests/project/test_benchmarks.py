@@ -292,3 +292,12 @@ def test_state_fingerprint_sees_a_changed_weight_flag_optimizer_and_rng():
     assert set(matrix.changed(before, matrix.state_fingerprint(model, optimizer))) == {"weights", "training",
                                                                                       "cpu_rng"}
 
+
+
+def test_the_loglikelihood_benchmark_runs_every_arm_to_the_same_scores():
+    done = run_script(str(BENCH / "bench_loglikelihood.py"), "--contexts", "3", "--choices", "2", "--repeats", "1")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = {line.split()[0] for line in done.stdout.splitlines()[2:5]}
+    assert rows == {"padded", "packed", "loglikelihood"}
+    worst = float(done.stdout.rsplit(":", 1)[1])
+    assert worst < 1e-4
